@@ -1,0 +1,70 @@
+"""The inner loop of MAML: per-task policy-gradient steps, differentiable in theta.
+
+theta'_i = theta - alpha * grad_theta L_i(theta), with (Finn et al. 2017, Algorithm 3)
+
+    L_i(theta) = -mean_{valid t,k} log pi_theta(a_t|s_t) * A_t          ("reinforce")
+
+or ProMP's LVC objective (Rothfuss et al. 2019, eq. 9), whose value and gradient are the same
+but whose Hessian keeps the term from theta's effect on the pre-update sampling distribution:
+
+    L_i(theta) = -mean_{valid t,k} exp(log pi_theta - stop_grad(log pi_theta)) * A_t  ("lvc")
+
+All M tasks adapt at once: theta is replicated along a task dimension, one backward pass of the
+summed per-task losses gives the per-task gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from maml_rl.batch import LossInputs, task_mean
+from maml_rl.policy import GaussianMLPPolicy, Params, gaussian_log_prob, replicate
+
+INNER_OBJECTIVES = ("reinforce", "lvc")
+
+
+def inner_loss(
+    policy: GaussianMLPPolicy, params: Params, data: LossInputs, objective: str = "reinforce"
+) -> Tensor:
+    """Per-task inner loss ``[M]`` for task-batched ``params`` on ``data`` (``[M, N, ...]``)."""
+    mean, log_std = policy(data.observations, params)
+    logp = gaussian_log_prob(data.actions, mean, log_std)
+    if objective == "reinforce":
+        weight = logp
+    elif objective == "lvc":
+        weight = torch.exp(logp - logp.detach())
+    else:
+        raise ValueError(f"unknown inner objective {objective!r}; choose one of {INNER_OBJECTIVES}")
+    return -task_mean(weight * data.advantages, data.mask)
+
+
+def adapt(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    inner_data: Sequence[LossInputs],
+    step_sizes: Sequence[float],
+    objective: str = "reinforce",
+    create_graph: bool = True,
+) -> Params:
+    """Apply one policy-gradient step per element of ``inner_data`` (all tasks at once).
+
+    ``params`` are the meta-parameters theta (replicated over the M tasks here) or already
+    task-batched parameters. With ``create_graph`` the result is differentiable to second order
+    in theta (MAML); without it the inner gradients are constants, so d theta'/d theta = I
+    (first-order MAML). Returns task-batched parameters ``[M, ...]``.
+    """
+    if len(inner_data) != len(step_sizes):
+        raise ValueError(
+            f"got {len(inner_data)} inner batches but {len(step_sizes)} step sizes"
+        )
+    num_tasks = inner_data[0].mask.shape[0] if inner_data else None
+    if num_tasks is not None and params["log_std"].dim() == 1:
+        params = replicate(params, num_tasks)
+    for data, lr in zip(inner_data, step_sizes):
+        loss = inner_loss(policy, params, data, objective).sum()
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
+    return params

@@ -1,0 +1,131 @@
+"""Returns, the linear feature baseline, GAE and advantage normalisation (pure functions).
+
+All arrays are time-major: ``[T, *batch]`` with a 0/1 ``mask`` of the same shape marking the
+valid (not padded) steps; an episode's valid steps are a prefix of its T steps. Per-task
+quantities take ``[T, M, K, ...]`` (M tasks, K episodes per task).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def discounted_returns(rewards_t: Tensor, mask_t: Tensor, gamma: float) -> Tensor:
+    """Rewards-to-go G_t = r_t + gamma * G_{t+1}, with G = 0 after an episode's last step.
+
+    ``rewards_t`` and ``mask_t`` are ``[T, ...]``; padded steps get G_t = 0.
+    """
+    returns = torch.zeros_like(rewards_t)
+    running = torch.zeros_like(rewards_t[0])
+    for t in range(rewards_t.shape[0] - 1, -1, -1):
+        running = (rewards_t[t] + gamma * running) * mask_t[t]
+        returns[t] = running
+    return returns
+
+
+def baseline_features(obs_t: Tensor, mask_t: Tensor) -> Tensor:
+    """rllab's linear-baseline features for ``obs_t`` of shape ``[T, ..., obs_dim]``.
+
+    phi(s, t) = [clip(s, -10, 10), clip(s, -10, 10)^2, t/100, (t/100)^2, (t/100)^3, 1],
+    with t the step index inside the episode; padded steps get all-zero features.
+    """
+    o = obs_t.clamp(-10.0, 10.0)
+    steps = obs_t.shape[0]
+    t = torch.arange(steps, dtype=obs_t.dtype, device=obs_t.device) / 100.0
+    t = t.reshape(steps, *([1] * (obs_t.dim() - 1))).expand(*obs_t.shape[:-1], 1)
+    ones = torch.ones_like(t)
+    phi = torch.cat([o, o * o, t, t * t, t * t * t, ones], dim=-1)
+    return phi * mask_t.unsqueeze(-1)
+
+
+def fit_linear_baseline(
+    features: Tensor,
+    returns: Tensor,
+    reg_coeff: float = 1e-5,
+    max_retries: int = 5,
+) -> Tensor:
+    """Ridge regression of returns on features, one fit per task, all tasks in one solve.
+
+    ``features``: ``[T, M, K, F]`` (zero rows at padded steps), ``returns``: ``[T, M, K]``.
+    Solves (X^T X + c I) w = X^T y per task in float64 with c = ``reg_coeff``; tasks whose
+    solution is not finite are solved again with c multiplied by 10, at most ``max_retries``
+    times (rllab's LinearFeatureBaseline). Returns the weights ``[M, F]``.
+    """
+    x = features.double()
+    y = returns.double()
+    xtx = torch.einsum("tmkf,tmkg->mfg", x, x)
+    xty = torch.einsum("tmkf,tmk->mf", x, y)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    weights = torch.zeros_like(xty)
+    todo = torch.ones(xty.shape[0], dtype=torch.bool, device=x.device)
+    coeff = reg_coeff
+    for _ in range(max_retries + 1):
+        sol, _info = torch.linalg.solve_ex(xtx[todo] + coeff * eye, xty[todo])
+        ok = torch.isfinite(sol).all(-1)
+        idx = todo.nonzero().squeeze(-1)
+        weights[idx[ok]] = sol[ok]
+        todo[idx[ok]] = False
+        if not todo.any():
+            break
+        coeff *= 10.0
+    # tasks that never gave a finite solution keep a zero baseline
+    return weights.to(features.dtype)
+
+
+def linear_baseline_values(
+    obs_t: Tensor, mask_t: Tensor, returns_t: Tensor, reg_coeff: float = 1e-5
+) -> Tensor:
+    """Fit the per-task linear baseline on (obs, returns) and return V(s_t), ``[T, M, K]``."""
+    phi = baseline_features(obs_t, mask_t)
+    w = fit_linear_baseline(phi, returns_t, reg_coeff)
+    return torch.einsum("tmkf,mf->tmk", phi, w) * mask_t
+
+
+def gae(
+    rewards_t: Tensor, values_t: Tensor, mask_t: Tensor, gamma: float, lambda_: float
+) -> Tensor:
+    """Generalised advantage estimation (Schulman et al. 2016).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t and A_t = delta_t + gamma * lambda * A_{t+1}, with
+    V = 0 and A = 0 after an episode's last valid step (termination or time limit, as rllab).
+    With lambda = 1 this is G_t - V_t.
+    """
+    adv = torch.zeros_like(rewards_t)
+    next_value = torch.zeros_like(rewards_t[0])
+    running = torch.zeros_like(rewards_t[0])
+    for t in range(rewards_t.shape[0] - 1, -1, -1):
+        delta = rewards_t[t] + gamma * next_value - values_t[t]
+        running = (delta + gamma * lambda_ * running) * mask_t[t]
+        adv[t] = running
+        next_value = values_t[t] * mask_t[t]
+    return adv
+
+
+def normalize_per_task(adv_t: Tensor, mask_t: Tensor, eps: float = 1e-8) -> Tensor:
+    """(A - mean) / (std + eps) per task over its valid steps; ``[T, M, K]`` in and out.
+
+    Mean and (population) standard deviation are taken over the T x K valid entries of each
+    task; padded steps come out as 0.
+    """
+    n = mask_t.sum(dim=(0, 2)).clamp_min(1.0)
+    mean = (adv_t * mask_t).sum(dim=(0, 2)) / n
+    var = (((adv_t - mean[None, :, None]) * mask_t) ** 2).sum(dim=(0, 2)) / n
+    std = var.sqrt()
+    return (adv_t - mean[None, :, None]) / (std[None, :, None] + eps) * mask_t
+
+
+def compute_advantages(
+    obs_t: Tensor,
+    rewards_t: Tensor,
+    mask_t: Tensor,
+    gamma: float,
+    gae_lambda: float,
+    normalize: bool = True,
+) -> Tensor:
+    """The advantages both MAML loops use: linear baseline fitted per task, GAE, and (optionally)
+    per-task normalisation. Shapes ``[T, M, K, ...]``; returns ``[T, M, K]``."""
+    returns = discounted_returns(rewards_t, mask_t, gamma)
+    values = linear_baseline_values(obs_t, mask_t, returns)
+    adv = gae(rewards_t, values, mask_t, gamma, gae_lambda)
+    return normalize_per_task(adv, mask_t) if normalize else adv

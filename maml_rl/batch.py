@@ -1,0 +1,69 @@
+"""Episode batches: what a sampler returns, and the task-major view the losses consume."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class EpisodeBatch(NamedTuple):
+    """K episodes for each of M tasks, padded to T steps (time-major).
+
+    Attributes:
+        observations: ``[T, M, K, obs_dim]`` observation s_t before the action.
+        actions: ``[T, M, K, act_dim]`` the sampled (unclipped) Gaussian actions.
+        rewards: ``[T, M, K]`` r_t, 0 at padded steps.
+        mask: ``[T, M, K]`` 1.0 at valid steps, 0.0 after an episode ended.
+        episode_returns: ``[M, K]`` undiscounted return of each episode.
+        episode_lengths: ``[M, K]`` number of valid steps of each episode.
+    """
+
+    observations: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+    episode_returns: Tensor
+    episode_lengths: Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def num_steps(self) -> int:
+        """Number of valid environment steps in the batch."""
+        return int(self.episode_lengths.sum())
+
+
+class LossInputs(NamedTuple):
+    """Task-major, flattened samples for the policy-gradient losses: ``[M, N, ...]``, N = T*K."""
+
+    observations: Tensor
+    actions: Tensor
+    advantages: Tensor
+    mask: Tensor
+
+    def to(self, device: torch.device | str) -> LossInputs:
+        return LossInputs(*(x.to(device) for x in self))
+
+
+def loss_inputs(batch: EpisodeBatch, advantages_t: Tensor) -> LossInputs:
+    """Reorder ``[T, M, K, ...]`` batch tensors (and advantages) to ``[M, T*K, ...]``."""
+
+    def task_major(x: Tensor) -> Tensor:
+        steps, tasks, episodes = x.shape[:3]
+        return x.transpose(0, 1).reshape(tasks, steps * episodes, *x.shape[3:])
+
+    return LossInputs(
+        task_major(batch.observations),
+        task_major(batch.actions),
+        task_major(advantages_t),
+        task_major(batch.mask),
+    )
+
+
+def task_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Per-task mean over valid samples: ``sum(v * m, -1) / sum(m, -1)`` for ``[M, N]`` inputs."""
+    return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)

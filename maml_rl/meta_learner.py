@@ -1,0 +1,105 @@
+"""The MAML-TRPO meta-step (Finn et al. 2017, Algorithm 3, lines 8-10).
+
+Given, for M tasks, the inner-loop batches D_i (one per inner step) and the post-update
+batches D'_i sampled with the adapted policies pi_theta'_i, minimise the surrogate
+
+    L(theta) = -1/M sum_i mean_{valid t,k in D'_i} [ pi_theta'_i(a|s) / pi_old'_i(a|s) * A'_i ]
+
+subject to 1/M sum_i mean KL(pi_old'_i || pi_theta'_i) <= delta, where theta'_i is recomputed
+from theta through the inner loop (second order unless ``first_order``) and pi_old' is the
+adapted policy at the current theta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from maml_rl.adaptation import adapt
+from maml_rl.batch import LossInputs, task_mean
+from maml_rl.policy import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
+from maml_rl.trpo import TRPOResult, trpo_step
+
+
+@dataclass
+class MetaLearnerSettings:
+    """Hyperparameters of the inner loop and the TRPO meta-step (paper defaults)."""
+
+    inner_lr: float = 0.1
+    inner_objective: str = "reinforce"
+    first_order: bool = False
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_backtrack_ratio: float = 0.8
+    ls_max_steps: int = 15
+
+
+class MetaLearner:
+    """Holds the policy (theta) and performs adaptation and TRPO meta-updates."""
+
+    def __init__(self, policy: GaussianMLPPolicy, settings: MetaLearnerSettings) -> None:
+        self.policy = policy
+        self.settings = settings
+
+    def adapt(
+        self, inner_data: Sequence[LossInputs], create_graph: bool = False
+    ) -> dict[str, Tensor]:
+        """theta'_i for every task after one inner step per batch in ``inner_data``."""
+        s = self.settings
+        return adapt(
+            self.policy,
+            self.policy.params(),
+            inner_data,
+            [s.inner_lr] * len(inner_data),
+            s.inner_objective,
+            create_graph=create_graph and not s.first_order,
+        )
+
+    def surrogate_and_kl(
+        self,
+        inner_data: Sequence[LossInputs],
+        valid_data: LossInputs,
+        old: tuple[Tensor, Tensor, Tensor] | None = None,
+        create_graph: bool = True,
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """Surrogate loss and mean KL at the current theta.
+
+        ``old`` = (mean, log_std, log_prob) of pi_old' on ``valid_data``; ``None`` takes the
+        current adapted policy as pi_old' (ratio 1, KL 0). Returns (loss, kl, old).
+        """
+        params = self.adapt(inner_data, create_graph=create_graph)
+        mean, log_std = self.policy(valid_data.observations, params)
+        logp = gaussian_log_prob(valid_data.actions, mean, log_std)
+        if old is None:
+            old = (mean.detach(), log_std.detach(), logp.detach())
+        ratio = torch.exp(logp - old[2])
+        loss = -task_mean(ratio * valid_data.advantages, valid_data.mask).mean()
+        kl = task_mean(gaussian_kl(old[0], old[1], mean, log_std), valid_data.mask).mean()
+        return loss, kl, old
+
+    def step(self, inner_data: Sequence[LossInputs], valid_data: LossInputs) -> TRPOResult:
+        """One TRPO meta-update of theta (in place)."""
+        s = self.settings
+        old: list[tuple[Tensor, Tensor, Tensor] | None] = [None]
+
+        def objective(create_graph: bool) -> tuple[Tensor, Tensor]:
+            if create_graph:
+                loss, kl, old[0] = self.surrogate_and_kl(inner_data, valid_data, old[0], True)
+                return loss, kl
+            with torch.enable_grad():
+                loss, kl, _ = self.surrogate_and_kl(inner_data, valid_data, old[0], False)
+            return loss.detach(), kl.detach()
+
+        return trpo_step(
+            list(self.policy.parameters()),
+            objective,
+            max_kl=s.max_kl,
+            cg_iters=s.cg_iters,
+            cg_damping=s.cg_damping,
+            backtrack_ratio=s.ls_backtrack_ratio,
+            max_backtracks=s.ls_max_steps,
+        )

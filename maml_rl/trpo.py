@@ -1,0 +1,137 @@
+"""TRPO machinery (Schulman et al. 2015) for the MAML meta-step: conjugate gradient,
+Hessian-vector products by double backward, the KL-scaled step and a backtracking line search.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def flatten(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate tensors into one flat vector."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten_like(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Split a flat vector into tensors shaped like ``like``."""
+    out, i = [], 0
+    for t in like:
+        out.append(vector[i : i + t.numel()].view_as(t))
+        i += t.numel()
+    return out
+
+
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, residual_tol: float = 1e-10
+) -> tuple[Tensor, float]:
+    """Approximately solve A x = b for symmetric positive-definite A given x -> A x.
+
+    Standard CG from x_0 = 0 (Nocedal & Wright, Algorithm 5.2), stopping after ``iters``
+    iterations or when ||r||^2 < ``residual_tol``. Returns x and the final residual norm ||r||.
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = torch.dot(r, r)
+    for _ in range(iters):
+        if rr < residual_tol:
+            break
+        ap = matvec(p)
+        alpha = rr / torch.dot(p, ap)
+        x += alpha * p
+        r -= alpha * ap
+        rr_new = torch.dot(r, r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x, float(rr.sqrt())
+
+
+def hessian_vector_product(
+    scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0
+) -> Callable[[Tensor], Tensor]:
+    """Return v -> (d^2 scalar / d params^2) v + damping * v by double backward.
+
+    The gradient graph is built once and reused (``retain_graph``) for every product.
+    """
+    grads = torch.autograd.grad(scalar, params, create_graph=True)
+    flat_grad = flatten(grads)
+
+    def hvp(v: Tensor) -> Tensor:
+        hv = torch.autograd.grad(torch.dot(flat_grad, v), params, retain_graph=True)
+        return flatten(hv) + damping * v
+
+    return hvp
+
+
+@dataclass
+class TRPOResult:
+    """What one TRPO step did (all floats are Python numbers)."""
+
+    loss_before: float
+    loss_after: float
+    kl: float
+    step_fraction: float  # 0.8^i of the accepted trial; 0.0 when the step was rejected
+    line_search_steps: int  # number of trials evaluated
+    cg_residual: float
+    accepted: bool
+    reason: str  # "accepted", "no-improvement", "non-finite-gradient", ...
+
+
+def trpo_step(
+    params: Sequence[Tensor],
+    objective: Callable[[bool], tuple[Tensor, Tensor]],
+    max_kl: float = 0.01,
+    cg_iters: int = 10,
+    cg_damping: float = 1e-5,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+    hvp_fn: Callable[[], Callable[[Tensor], Tensor]] | None = None,
+) -> TRPOResult:
+    """One trust-region step on ``params`` in place.
+
+    ``objective(create_graph)`` returns ``(loss, kl)`` at the current parameter values, where
+    kl = KL(pi_old || pi_new) is 0 with zero gradient at the starting point. The step solves
+    H s = g by conjugate gradient (H the KL Hessian, g the loss gradient), scales it to the
+    trust region, beta = sqrt(2 delta / s^T H s), and backtracks theta - 0.8^i beta s,
+    i = 0..max_backtracks-1, accepting the first trial with a finite loss lower than before and
+    KL <= delta; otherwise theta is left unchanged. Non-finite losses, gradients or steps are
+    rejected, never applied. ``hvp_fn`` may supply another v -> H v (e.g. a Fisher product);
+    by default H is the exact KL Hessian by double backward.
+    """
+    params = list(params)
+    loss, kl = objective(True)
+    loss_before = float(loss.detach())
+    g = flatten(torch.autograd.grad(loss, params, retain_graph=True))
+    if not math.isfinite(loss_before) or not torch.isfinite(g).all():
+        return TRPOResult(loss_before, loss_before, 0.0, 0.0, 0, math.nan, False,
+                          "non-finite-gradient")
+    hvp = hvp_fn() if hvp_fn is not None else hessian_vector_product(kl, params, cg_damping)
+    step_dir, residual = conjugate_gradient(hvp, g, cg_iters)
+    shs = float(torch.dot(step_dir, hvp(step_dir)))
+    del kl, hvp
+    if not math.isfinite(shs) or shs <= 0 or not torch.isfinite(step_dir).all():
+        return TRPOResult(loss_before, loss_before, 0.0, 0.0, 0, residual, False,
+                          "non-finite-step")
+    full_step = math.sqrt(2.0 * max_kl / shs) * step_dir
+    old = [p.detach().clone() for p in params]
+    steps = unflatten_like(full_step, params)
+    for i in range(max_backtracks):
+        fraction = backtrack_ratio**i
+        with torch.no_grad():
+            for p, p0, s in zip(params, old, steps):
+                p.copy_(p0 - fraction * s)
+        new_loss, new_kl = objective(False)
+        new_loss, new_kl = float(new_loss), float(new_kl)
+        if math.isfinite(new_loss) and new_loss < loss_before and new_kl <= max_kl:
+            return TRPOResult(loss_before, new_loss, new_kl, fraction, i + 1, residual, True,
+                              "accepted")
+    with torch.no_grad():
+        for p, p0 in zip(params, old):
+            p.copy_(p0)
+    return TRPOResult(loss_before, loss_before, 0.0, 0.0, max_backtracks, residual, False,
+                      "no-improvement")
