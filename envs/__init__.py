@@ -1,0 +1,59 @@
+"""Meta-RL task families for MAML (Finn, Abbeel, Levine, ICML 2017) on Gymnasium and MuJoCo.
+
+Importing this package registers the ``MAML/`` environments (single and batched):
+
+==========================  ==========================================  =======
+id                          task distribution                           horizon
+==========================  ==========================================  =======
+``MAML/Navigation2D-v0``    goal uniform in [-0.5, 0.5]^2                 100
+``MAML/HalfCheetahVel-v0``  goal velocity uniform in [0, 2]               200
+``MAML/HalfCheetahDir-v0``  direction in {-1, +1}                         200
+``MAML/AntVel-v0``          goal velocity uniform in [0, 3]               200
+``MAML/AntDir-v0``          direction in {-1, +1}                         200
+``MAML/AntGoal-v0``         goal position uniform in [-3, 3]^2            200
+==========================  ==========================================  =======
+
+This package depends on gymnasium, mujoco and numpy only.
+"""
+
+from gymnasium import register
+
+from envs.task_family import TaskFamilyEnv, TaskFamilyVectorEnv, TaskSpace
+from envs.tasks import (
+    Direction,
+    DirectionTaskSpace,
+    GoalPosition,
+    GoalPositionTaskSpace,
+    GoalVelocity,
+    VelocityTaskSpace,
+)
+
+__all__ = [
+    "Direction",
+    "DirectionTaskSpace",
+    "GoalPosition",
+    "GoalPositionTaskSpace",
+    "GoalVelocity",
+    "TaskFamilyEnv",
+    "TaskFamilyVectorEnv",
+    "TaskSpace",
+    "VelocityTaskSpace",
+]
+
+_FAMILIES = [
+    ("Navigation2D", "navigation", "Navigation2D", 100, {"low": -0.5, "high": 0.5}),
+    ("HalfCheetahVel", "half_cheetah", "HalfCheetahVel", 200, {"low": 0.0, "high": 2.0}),
+    ("HalfCheetahDir", "half_cheetah", "HalfCheetahDir", 200, {}),
+    ("AntVel", "ant", "AntVel", 200, {"low": 0.0, "high": 3.0}),
+    ("AntDir", "ant", "AntDir", 200, {}),
+    ("AntGoal", "ant", "AntGoal", 200, {"low": -3.0, "high": 3.0}),
+]
+
+for _name, _module, _cls, _horizon, _kwargs in _FAMILIES:
+    register(
+        id=f"MAML/{_name}-v0",
+        entry_point=f"envs.{_module}:{_cls}Env",
+        vector_entry_point=f"envs.{_module}:{_cls}VectorEnv",
+        max_episode_steps=_horizon,
+        kwargs=_kwargs,
+    )
