@@ -179,6 +179,7 @@ class TaskFamilyVectorEnv(VectorEnv):
         self._terminated = np.zeros(self.num_envs, dtype=bool)
         self._truncated = np.zeros(self.num_envs, dtype=bool)
         self._last_obs: np.ndarray | None = None
+        self._last_info: dict[str, Any] = {}
         self.reset_task(task_space.default if task is None else task)
 
     # --- task protocol -------------------------------------------------------------------
@@ -250,9 +251,9 @@ class TaskFamilyVectorEnv(VectorEnv):
         actions = check_actions(actions, self.action_space.shape)
         active = ~(self._terminated | self._truncated)
         if not active.any():
-            zeros = np.zeros(self.num_envs, dtype=np.float64)
-            return (self._last_obs.copy(), zeros, self._terminated.copy(),
-                    self._truncated.copy(), {})
+            info = {key: np.zeros_like(value) for key, value in self._last_info.items()}
+            return (self._last_obs.copy(), np.zeros(self.num_envs), self._terminated.copy(),
+                    self._truncated.copy(), info)
         obs, rewards, terminated, info = self._step_active(actions, active)
         all_active = bool(active.all())
         if not all_active:
@@ -267,6 +268,7 @@ class TaskFamilyVectorEnv(VectorEnv):
         if self.max_episode_steps is not None:
             self._truncated |= active & (self._elapsed >= self.max_episode_steps)
         self._last_obs = obs
+        self._last_info = info
         return obs.copy(), rewards, self._terminated.copy(), self._truncated.copy(), info
 
     @abstractmethod
