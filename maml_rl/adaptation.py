@@ -57,9 +57,7 @@ def adapt(
     (first-order MAML). Returns task-batched parameters ``[M, ...]``.
     """
     if len(inner_data) != len(step_sizes):
-        raise ValueError(
-            f"got {len(inner_data)} inner batches but {len(step_sizes)} step sizes"
-        )
+        raise ValueError(f"got {len(inner_data)} inner batches but {len(step_sizes)} step sizes")
     num_tasks = inner_data[0].mask.shape[0] if inner_data else None
     if num_tasks is not None and params["log_std"].dim() == 1:
         params = replicate(params, num_tasks)

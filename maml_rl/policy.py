@@ -11,6 +11,7 @@ layer then serves all M tasks at once.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -53,7 +54,7 @@ class GaussianMLPPolicy(nn.Module):
         self.hidden_sizes = tuple(hidden_sizes)
         self.nonlinearity = nonlinearity
         sizes = (obs_dim, *self.hidden_sizes, act_dim)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
         for layer in self.layers:  # Glorot-uniform weights, zero biases (as rllab)
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -109,9 +110,7 @@ def gaussian_log_prob(actions: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
 
 
-def gaussian_kl(
-    mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor
-) -> Tensor:
+def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
     """KL(p || q) of diagonal Gaussians, summed over the last (action) dimension.
 
     KL = sum_d [ log sigma_q - log sigma_p + (sigma_p^2 + (mu_p - mu_q)^2) / (2 sigma_q^2) - 1/2 ].

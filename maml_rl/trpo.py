@@ -108,15 +108,15 @@ def trpo_step(
     loss_before = float(loss.detach())
     g = flatten(torch.autograd.grad(loss, params, retain_graph=True))
     if not math.isfinite(loss_before) or not torch.isfinite(g).all():
-        return TRPOResult(loss_before, loss_before, 0.0, 0.0, 0, math.nan, False,
-                          "non-finite-gradient")
+        return TRPOResult(
+            loss_before, loss_before, 0.0, 0.0, 0, math.nan, False, "non-finite-gradient"
+        )
     hvp = hvp_fn() if hvp_fn is not None else hessian_vector_product(kl, params, cg_damping)
     step_dir, residual = conjugate_gradient(hvp, g, cg_iters)
     shs = float(torch.dot(step_dir, hvp(step_dir)))
     del kl, hvp
     if not math.isfinite(shs) or shs <= 0 or not torch.isfinite(step_dir).all():
-        return TRPOResult(loss_before, loss_before, 0.0, 0.0, 0, residual, False,
-                          "non-finite-step")
+        return TRPOResult(loss_before, loss_before, 0.0, 0.0, 0, residual, False, "non-finite-step")
     full_step = math.sqrt(2.0 * max_kl / shs) * step_dir
     old = [p.detach().clone() for p in params]
     steps = unflatten_like(full_step, params)
@@ -126,12 +126,14 @@ def trpo_step(
             for p, p0, s in zip(params, old, steps):
                 p.copy_(p0 - fraction * s)
         new_loss, new_kl = objective(False)
-        new_loss, new_kl = float(new_loss), float(new_kl)
+        new_loss, new_kl = float(new_loss.detach()), float(new_kl.detach())
         if math.isfinite(new_loss) and new_loss < loss_before and new_kl <= max_kl:
-            return TRPOResult(loss_before, new_loss, new_kl, fraction, i + 1, residual, True,
-                              "accepted")
+            return TRPOResult(
+                loss_before, new_loss, new_kl, fraction, i + 1, residual, True, "accepted"
+            )
     with torch.no_grad():
         for p, p0 in zip(params, old):
             p.copy_(p0)
-    return TRPOResult(loss_before, loss_before, 0.0, 0.0, max_backtracks, residual, False,
-                      "no-improvement")
+    return TRPOResult(
+        loss_before, loss_before, 0.0, 0.0, max_backtracks, residual, False, "no-improvement"
+    )

@@ -17,8 +17,9 @@ def test_discounted_returns_hand_computed_with_padding():
     rewards = torch.tensor([[1.0, 2.0], [2.0, 1.0], [3.0, 0.0]], dtype=D)  # [T=3, 2 episodes]
     mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]], dtype=D)
     got = discounted_returns(rewards, mask, gamma=0.5)
-    expected = torch.tensor([[1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 1], [2 + 0.5 * 3, 1.0], [3.0, 0.0]],
-                            dtype=D)
+    expected = torch.tensor(
+        [[1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 1], [2 + 0.5 * 3, 1.0], [3.0, 0.0]], dtype=D
+    )
     torch.testing.assert_close(got, expected)
 
 
@@ -85,11 +86,15 @@ def test_normalize_per_task_uses_std_over_valid_steps():
     out = normalize_per_task(adv, mask, eps=0.0)
     task0 = np.array([1.0, 2.0, 3.0])
     task1 = np.array([10.0, 0.0, 20.0, 30.0])
-    np.testing.assert_allclose(out[:, 0][mask[:, 0] > 0].numpy(),
-                               (np.array([1.0, 2.0, 3.0]) - task0.mean()) / task0.std())
-    np.testing.assert_allclose(out[:, 1].reshape(-1).numpy(),
-                               (np.array([10.0, 0.0, 20.0, 30.0]) - task1.mean()) / task1.std())
+    np.testing.assert_allclose(
+        out[:, 0][mask[:, 0] > 0].numpy(), (np.array([1.0, 2.0, 3.0]) - task0.mean()) / task0.std()
+    )
+    np.testing.assert_allclose(
+        out[:, 1].reshape(-1).numpy(),
+        (np.array([10.0, 0.0, 20.0, 30.0]) - task1.mean()) / task1.std(),
+    )
     assert out[1, 0, 1] == 0.0
     with pytest.raises(AssertionError):  # a port divided by the variance: not the same
-        np.testing.assert_allclose(out[:, 1].reshape(-1).numpy(),
-                                   (task1 - task1.mean()) / task1.var())
+        np.testing.assert_allclose(
+            out[:, 1].reshape(-1).numpy(), (task1 - task1.mean()) / task1.var()
+        )

@@ -28,8 +28,10 @@ def _problem(objective="reinforce", first_order=False, inner_steps=1):
     policy = GaussianMLPPolicy(3, 2, (5,), "tanh", init_std=0.8).double()
     inner = [_data(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
     valid = _data(4, 6, 3, 2, seed=100)
-    learner = MetaLearner(policy, MetaLearnerSettings(
-        inner_lr=0.3, inner_objective=objective, first_order=first_order))
+    learner = MetaLearner(
+        policy,
+        MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order),
+    )
     return policy, learner, inner, valid
 
 
@@ -117,8 +119,12 @@ def test_lvc_has_reinforce_gradient_but_adds_score_outer_product_to_hessian():
     def hessian(objective):
         grads = torch.autograd.grad(loss_of(objective), params, create_graph=True)
         flat = torch.cat([g.reshape(-1) for g in grads])
-        rows = [torch.cat([h.reshape(-1) for h in torch.autograd.grad(
-            flat[i], params, retain_graph=True)]) for i in range(flat.numel())]
+        rows = [
+            torch.cat(
+                [h.reshape(-1) for h in torch.autograd.grad(flat[i], params, retain_graph=True)]
+            )
+            for i in range(flat.numel())
+        ]
         return torch.stack(rows)
 
     # per-sample scores s_j = grad log pi(a_j|s_j): H_lvc = H_reinforce - mean_j A_j s_j s_j^T

@@ -34,7 +34,11 @@ def test_kl_matches_torch_distributions_and_sums():
 def test_initial_std_and_architecture():
     policy = GaussianMLPPolicy(3, 2, (100, 100), "relu", init_std=1.0)
     assert torch.allclose(policy.log_std.exp(), torch.ones(2))
-    assert [tuple(layer.weight.shape) for layer in policy.layers] == [(100, 3), (100, 100), (2, 100)]
+    assert [tuple(layer.weight.shape) for layer in policy.layers] == [
+        (100, 3),
+        (100, 100),
+        (2, 100),
+    ]
     with pytest.raises(ValueError, match="nonlinearity"):
         GaussianMLPPolicy(3, 2, nonlinearity="sigmoidish")
     with pytest.raises(ValueError, match="init_std"):
@@ -46,8 +50,7 @@ def test_batched_forward_equals_per_task_forward(nonlinearity):
     policy = GaussianMLPPolicy(4, 3, (8, 8), nonlinearity).double()
     num_tasks = 5
     params = {
-        k: v + 0.1 * torch.randn_like(v)
-        for k, v in replicate(policy.params(), num_tasks).items()
+        k: v + 0.1 * torch.randn_like(v) for k, v in replicate(policy.params(), num_tasks).items()
     }
     obs = torch.randn(num_tasks, 6, 7, 4, dtype=torch.float64)
     mean, log_std = policy(obs, params)

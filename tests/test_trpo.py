@@ -23,7 +23,7 @@ def test_conjugate_gradient_solves_spd_system():
     x, residual = conjugate_gradient(lambda v: a @ v, b, iters=40, residual_tol=1e-24)
     torch.testing.assert_close(x, torch.linalg.solve(a, b))
     assert residual < 1e-10
-    x3, r3 = conjugate_gradient(lambda v: a @ v, b, iters=3)
+    _, r3 = conjugate_gradient(lambda v: a @ v, b, iters=3)
     assert r3 > residual  # stops after `iters` iterations
 
 
@@ -62,8 +62,9 @@ def _quadratic_problem(target, curvature):
 
 
 def test_trpo_step_respects_trust_region_and_improves():
-    x, objective = _quadratic_problem(torch.tensor([3.0, -4.0], dtype=D),
-                                      torch.tensor([1.0, 4.0], dtype=D))
+    x, objective = _quadratic_problem(
+        torch.tensor([3.0, -4.0], dtype=D), torch.tensor([1.0, 4.0], dtype=D)
+    )
     res = trpo_step([x], objective, max_kl=0.01)
     assert res.accepted and res.reason == "accepted"
     assert res.loss_after < res.loss_before

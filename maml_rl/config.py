@@ -1,0 +1,222 @@
+"""Training configuration: one validated dataclass, presets shipped as YAML in the package.
+
+A config is built from a preset name or a YAML file, then ``key=value`` overrides (values are
+parsed as YAML: ``inner_lr=0.5``, ``hidden_sizes=[64,64]``, ``first_order=true``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maml_rl.adaptation import INNER_OBJECTIVES
+from maml_rl.policy import NONLINEARITIES
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key or value."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a MAML-TRPO run depends on (defaults: the paper's 2D-navigation settings)."""
+
+    env_id: str = "MAML/Navigation2D-v0"
+    """Gymnasium id of the task family; ``module:Id`` imports ``module`` first (custom families)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the environment (e.g. task ranges)."""
+    env_import: str | None = None
+    """A module to import before making the env (registers a user's family)."""
+    max_episode_steps: int | None = None
+    """Horizon H; None: the id's registered max_episode_steps (100 navigation, 200 locomotion)."""
+    seed: int = 1
+    """Drives task sampling, environments and torch; the same seed gives the same run."""
+    num_iterations: int = 500
+    """Number of meta-iterations (meta-updates)."""
+    meta_batch_size: int = 20
+    """Tasks per meta-iteration (paper: 20 navigation, 40 locomotion)."""
+    episodes_per_task: int = 20
+    """K, trajectories per task for each inner step and for the post-update batch."""
+    num_inner_steps: int = 1
+    """Policy-gradient adaptation steps in training (each with fresh rollouts)."""
+    inner_lr: float = 0.1
+    """Inner step size alpha."""
+    inner_objective: str = "reinforce"
+    """``reinforce`` (paper) or ``lvc`` (ProMP's low-variance curvature objective)."""
+    first_order: bool = False
+    """Drop second derivatives through the inner step (first-order MAML)."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [100, 100])
+    """Policy MLP hidden layer widths."""
+    nonlinearity: str = "relu"
+    """``relu`` or ``tanh``."""
+    init_std: float = 1.0
+    """Initial action standard deviation."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0: Monte-Carlo returns minus the linear baseline)."""
+    normalize_advantages: bool = True
+    """Normalise advantages per task (mean 0, std 1 over valid steps)."""
+    max_kl: float = 0.01
+    """TRPO trust region delta on the mean KL."""
+    cg_iters: int = 10
+    """Conjugate-gradient iterations."""
+    cg_damping: float = 1e-5
+    """Damping added to the KL Hessian."""
+    ls_backtrack_ratio: float = 0.8
+    """Line-search step shrink factor."""
+    ls_max_steps: int = 15
+    """Line-search trials."""
+    device: str = "cpu"
+    """Learner device (``cpu`` or ``cuda``); sampling always runs on the CPU."""
+    num_threads: int | None = None
+    """Physics threads of the batched env (None: all cores)."""
+    torch_threads: int | None = None
+    """torch intra-op threads (None: torch's default)."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every this many iterations (and at the end and on Ctrl-C)."""
+    log_dir: str = "runs"
+    """Parent folder of run directories."""
+    run_name: str | None = None
+    """Run directory name; None: ``<env>__<config>__<seed>__<time>``."""
+    config_name: str = "custom"
+    """Name of the preset or file the config came from (used in the run name)."""
+    progress_bar: bool = True
+    """Show a progress bar with pre-/post-adaptation returns."""
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` naming the first bad value; return self."""
+
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"bad value for {key!r}: {getattr(self, key)!r} ({what})")
+
+        for key in (
+            "num_iterations",
+            "meta_batch_size",
+            "episodes_per_task",
+            "num_inner_steps",
+            "cg_iters",
+            "ls_max_steps",
+            "checkpoint_every",
+        ):
+            value = getattr(self, key)
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                key,
+                "must be an integer >= 1",
+            )
+        need(isinstance(self.env_id, str) and bool(self.env_id), "env_id", "must be a string")
+        need(isinstance(self.env_kwargs, dict), "env_kwargs", "must be a mapping")
+        need(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
+            "seed",
+            "must be an integer >= 0",
+        )
+        for key in ("inner_lr", "init_std", "max_kl", "ls_backtrack_ratio"):
+            value = getattr(self, key)
+            need(
+                isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
+                key,
+                "must be a number > 0",
+            )
+        need(self.ls_backtrack_ratio < 1, "ls_backtrack_ratio", "must be < 1")
+        need(
+            isinstance(self.cg_damping, int | float) and self.cg_damping >= 0,
+            "cg_damping",
+            "must be a number >= 0",
+        )
+        need(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
+        need(0 <= self.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]")
+        need(
+            self.inner_objective in INNER_OBJECTIVES,
+            "inner_objective",
+            f"one of {list(INNER_OBJECTIVES)}",
+        )
+        need(
+            self.nonlinearity in NONLINEARITIES, "nonlinearity", f"one of {sorted(NONLINEARITIES)}"
+        )
+        need(
+            isinstance(self.hidden_sizes, list)
+            and len(self.hidden_sizes) > 0
+            and all(isinstance(h, int) and h > 0 for h in self.hidden_sizes),
+            "hidden_sizes",
+            "must be a non-empty list of positive integers",
+        )
+        need(self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu or cuda[:N]")
+        for key in ("max_episode_steps", "num_threads", "torch_threads"):
+            value = getattr(self, key)
+            need(
+                value is None or (isinstance(value, int) and value >= 1),
+                key,
+                "must be null or an integer >= 1",
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESET_DIR = Path(__file__).parent / "presets"
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``maml_rl/presets``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_mapping(text: str, origin: str) -> dict[str, Any]:
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Apply ``values`` on top of ``base`` (defaults when None); unknown keys are errors."""
+    unknown = sorted(set(values) - FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(FIELDS)}")
+    return dataclasses.replace(base or TrainConfig(), **values)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=[2,3]"]`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot parse the value of override {pair!r}: {err}") from err
+    return out
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Build a validated config from a preset name or a YAML file, then ``key=value`` overrides."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {name_or_path!r} does not exist")
+        values = _read_mapping(path.read_text(), str(path))
+        name = path.stem
+    elif name_or_path in preset_names():
+        text = (PRESET_DIR / f"{name_or_path}.yaml").read_text()
+        values = _read_mapping(text, f"preset {name_or_path}")
+        name = name_or_path
+    else:
+        raise ConfigError(
+            f"unknown config {name_or_path!r}: not a YAML file and not a preset "
+            f"({', '.join(preset_names())})"
+        )
+    values.setdefault("config_name", name)
+    config = from_dict(values)
+    config = from_dict(parse_overrides(overrides or []), config)
+    return config.validate()

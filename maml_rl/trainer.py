@@ -1,0 +1,351 @@
+"""The MAML-TRPO training loop (Finn et al. 2017, Algorithm 3): sample tasks, adapt on K
+rollouts each, sample post-update rollouts, meta-update with TRPO; log, checkpoint, resume."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+
+from maml_rl.advantages import compute_advantages
+from maml_rl.batch import EpisodeBatch, LossInputs, loss_inputs
+from maml_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from maml_rl.config import TrainConfig, from_dict
+from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
+from maml_rl.monitor import ITERATION_KEY, log_config, make_logger, truncate_progress
+from maml_rl.policy import GaussianMLPPolicy
+from maml_rl.sampler import Sampler, VectorSampler, resolve_env_id
+from maml_rl.trpo import TRPOResult
+
+CONFIG_NAME = "config.yaml"
+RESUMABLE_KEYS = frozenset(
+    {"num_iterations", "checkpoint_every", "progress_bar", "device", "num_threads", "torch_threads"}
+)
+
+
+def derive_seed(*entropy: int) -> int:
+    """A 32-bit seed from (run seed, iteration, purpose, ...) via numpy's SeedSequence."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
+
+
+# purposes mixed into derived seeds
+_TASKS, _INNER, _VALID = 0, 1, 2
+
+
+def prepare_env(config: TrainConfig) -> str:
+    """Import what registers the family and return the resolved Gymnasium id."""
+    if config.env_import:
+        try:
+            importlib.import_module(config.env_import)
+        except ImportError as err:
+            raise ValueError(
+                f"cannot import env_import module {config.env_import!r}: {err}"
+            ) from err
+    importlib.import_module("envs")  # the built-in families
+    return resolve_env_id(config.env_id)
+
+
+def make_policy(env: gym.Env, config: TrainConfig) -> GaussianMLPPolicy:
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
+        raise ValueError(f"{config.env_id}: need a 1-D Box action space, got {act_space}")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(f"{config.env_id}: need a 1-D Box observation space, got {obs_space}")
+    return GaussianMLPPolicy(
+        obs_space.shape[0],
+        act_space.shape[0],
+        config.hidden_sizes,
+        config.nonlinearity,
+        config.init_std,
+    )
+
+
+@dataclass
+class IterationResult:
+    """Numbers of one meta-iteration."""
+
+    pre_returns: np.ndarray  # [M, K] returns before adaptation
+    post_returns: np.ndarray  # [M, K] returns after the inner steps
+    trpo: TRPOResult
+    env_steps: int
+    timings: dict[str, float]
+
+
+class Timer:
+    """Accumulates wall time per named phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class MAMLTrainer:
+    """Owns the policy, sampler and meta-learner of one run.
+
+    Args:
+        config: a validated :class:`TrainConfig`.
+        sampler: a :class:`Sampler`; None builds a :class:`VectorSampler`.
+    """
+
+    def __init__(self, config: TrainConfig, sampler: Sampler | None = None) -> None:
+        self.config = config
+        self.env_id = prepare_env(config)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device=cuda was asked for but torch sees no CUDA device")
+        self.family = gym.make(self.env_id, **config.env_kwargs).unwrapped
+        if not hasattr(self.family, "sample_tasks"):
+            raise ValueError(
+                f"{self.env_id} is not a task family: its env has no sample_tasks(n, rng)"
+            )
+        torch.manual_seed(config.seed)
+        self.policy = make_policy(self.family, config).to(self.device)
+        self.sampler = sampler or VectorSampler(
+            self.env_id,
+            self.policy,
+            config.env_kwargs,
+            config.num_threads,
+            config.max_episode_steps,
+        )
+        self.learner = MetaLearner(
+            self.policy,
+            MetaLearnerSettings(
+                inner_lr=config.inner_lr,
+                inner_objective=config.inner_objective,
+                first_order=config.first_order,
+                max_kl=config.max_kl,
+                cg_iters=config.cg_iters,
+                cg_damping=config.cg_damping,
+                ls_backtrack_ratio=config.ls_backtrack_ratio,
+                ls_max_steps=config.ls_max_steps,
+            ),
+        )
+        self.iteration = 0  # completed meta-iterations
+        self.env_steps = 0
+
+    # -- one meta-iteration ------------------------------------------------------------------
+    def sample_tasks(self, iteration: int) -> list[Any]:
+        rng = np.random.default_rng(derive_seed(self.config.seed, iteration, _TASKS))
+        return list(self.family.sample_tasks(self.config.meta_batch_size, rng))
+
+    def _to_loss_inputs(self, batch: EpisodeBatch) -> LossInputs:
+        c = self.config
+        adv = compute_advantages(
+            batch.observations,
+            batch.rewards,
+            batch.mask,
+            c.gamma,
+            c.gae_lambda,
+            c.normalize_advantages,
+        )
+        return loss_inputs(batch, adv).to(self.device)
+
+    def run_iteration(self, iteration: int) -> IterationResult:
+        """Sample, adapt and meta-update once; returns the iteration's numbers."""
+        c = self.config
+        timer = Timer()
+        tasks = self.sample_tasks(iteration)
+        params = self.policy.params()
+        inner_data: list[LossInputs] = []
+        pre_returns = None
+        steps = 0
+        for j in range(c.num_inner_steps):
+            with timer("sampling"):
+                batch = self.sampler.sample(
+                    tasks, params, c.episodes_per_task, derive_seed(c.seed, iteration, _INNER, j)
+                )
+            steps += batch.num_steps
+            if pre_returns is None:
+                pre_returns = batch.episode_returns.numpy()
+            with timer("advantages"):
+                inner_data.append(self._to_loss_inputs(batch))
+            with timer("adaptation"):
+                params = {k: v.detach() for k, v in self.learner.adapt(inner_data).items()}
+        with timer("sampling"):
+            valid = self.sampler.sample(
+                tasks, params, c.episodes_per_task, derive_seed(c.seed, iteration, _VALID)
+            )
+        steps += valid.num_steps
+        with timer("advantages"):
+            valid_data = self._to_loss_inputs(valid)
+        with timer("meta_step"):
+            result = self.learner.step(inner_data, valid_data)
+        return IterationResult(
+            pre_returns, valid.episode_returns.numpy(), result, steps, timer.seconds
+        )
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "config": self.config.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.iteration = int(state["iteration"])
+        self.env_steps = int(state["env_steps"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+
+    def close(self) -> None:
+        self.sampler.close()
+
+
+def default_run_name(config: TrainConfig) -> str:
+    env = config.env_id.split(":")[-1].replace("/", "-")
+    return f"{env}__{config.config_name}__{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _log_iteration(logger, trainer: MAMLTrainer, it: IterationResult, wall: float) -> None:
+    r = it.trpo
+    logger.record(ITERATION_KEY, trainer.iteration)
+    logger.record("rollout/pre_return_mean", float(it.pre_returns.mean()))
+    logger.record("rollout/pre_return_std", float(it.pre_returns.std()))
+    logger.record("rollout/post_return_mean", float(it.post_returns.mean()))
+    logger.record("rollout/post_return_std", float(it.post_returns.std()))
+    logger.record("train/surrogate_before", r.loss_before)
+    logger.record("train/surrogate_after", r.loss_after)
+    logger.record("train/kl", r.kl)
+    logger.record("train/step_fraction", r.step_fraction)
+    logger.record("train/line_search_steps", r.line_search_steps)
+    logger.record("train/cg_residual", r.cg_residual)
+    logger.record("train/step_accepted", int(r.accepted))
+    if not r.accepted:
+        logger.record("train/rejected_reason", r.reason, exclude=("csv",))
+    logger.record("time/env_steps", trainer.env_steps)
+    for name in ("sampling", "advantages", "adaptation", "meta_step"):
+        logger.record(f"time/{name}_s", it.timings.get(name, 0.0))
+    logger.record("time/iteration_s", wall)
+    logger.dump(trainer.iteration)
+
+
+def train(
+    config: TrainConfig | None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    stdout: bool = True,
+    on_iteration: Callable[[MAMLTrainer, IterationResult], None] | None = None,
+    resume_overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Train (or resume, with ``resume=True`` and an existing ``run_dir``); returns the run dir.
+
+    Checkpoints (``checkpoint.pt``) are written atomically every ``checkpoint_every``
+    iterations, at the end, on Ctrl-C and on errors (the last completed iteration; the
+    exception is re-raised). A resumed run may change only :data:`RESUMABLE_KEYS`.
+    """
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume needs the run directory")
+        run_dir = Path(run_dir)
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        overrides = dict(resume_overrides or {})
+        fixed = sorted(set(overrides) - RESUMABLE_KEYS)
+        if fixed:
+            raise ValueError(f"cannot change {fixed} when resuming; only {sorted(RESUMABLE_KEYS)}")
+        config = from_dict(overrides, from_dict(state["config"])).validate()
+    else:
+        run_dir = (
+            Path(run_dir)
+            if run_dir
+            else Path(config.log_dir) / (config.run_name or default_run_name(config))
+        )
+        if (run_dir / CHECKPOINT_NAME).exists():
+            raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir}")
+        state = None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = MAMLTrainer(config)
+    if state is not None:
+        trainer.load_state_dict(state)
+        truncate_progress(run_dir, trainer.iteration)
+    else:
+        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+    logger = make_logger(run_dir, stdout=stdout, resume=state is not None)
+    if state is None:
+        log_config(logger, config.to_dict())
+    ckpt = run_dir / CHECKPOINT_NAME
+    progress = None
+    if config.progress_bar:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(
+            total=config.num_iterations,
+            initial=trainer.iteration,
+            desc="meta-iter",
+            dynamic_ncols=True,
+        )
+    try:
+        while trainer.iteration < config.num_iterations:
+            snapshot = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
+            start = time.perf_counter()
+            try:
+                it = trainer.run_iteration(trainer.iteration)
+            except BaseException:
+                trainer.policy.load_state_dict(snapshot)  # drop the half-done iteration
+                raise
+            trainer.iteration += 1
+            trainer.env_steps += it.env_steps
+            _log_iteration(logger, trainer, it, time.perf_counter() - start)
+            if on_iteration is not None:
+                on_iteration(trainer, it)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(
+                    pre=f"{it.pre_returns.mean():.1f}", post=f"{it.post_returns.mean():.1f}"
+                )
+            if trainer.iteration % config.checkpoint_every == 0:
+                save_checkpoint(ckpt, trainer.state_dict())
+            if not math.isfinite(float(it.post_returns.mean())):
+                raise FloatingPointError("post-adaptation return is not finite")
+    except BaseException as err:
+        save_checkpoint(ckpt, trainer.state_dict())
+        what = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
+        print(f"\n{what}: checkpoint of iteration {trainer.iteration} saved in {run_dir}")
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+        logger.close()
+        trainer.close()
+    save_checkpoint(ckpt, trainer.state_dict())
+    return run_dir
+
+
+def load_policy(path: str | Path) -> tuple[GaussianMLPPolicy, TrainConfig]:
+    """The trained policy and config of a run folder or checkpoint file."""
+    state = load_checkpoint(path)
+    config = from_dict(state["config"]).validate()
+    env_id = prepare_env(config)
+    env = gym.make(env_id, **config.env_kwargs)
+    policy = make_policy(env, config)
+    policy.load_state_dict(state["policy"])
+    env.close()
+    return policy, config
+
+
+__all__: Sequence[str] = ["MAMLTrainer", "load_policy", "train"]

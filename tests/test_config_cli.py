@@ -1,0 +1,86 @@
+import pytest
+
+from maml_rl.cli import main
+from maml_rl.config import ConfigError, load_config, preset_names
+
+
+def test_presets_load_with_paper_settings():
+    assert {
+        "navigation",
+        "halfcheetah-vel",
+        "halfcheetah-dir",
+        "ant-vel",
+        "ant-dir",
+        "ant-goal",
+    } <= set(preset_names())
+    nav = load_config("navigation")
+    assert (nav.meta_batch_size, nav.episodes_per_task, nav.inner_lr) == (20, 20, 0.1)
+    assert nav.hidden_sizes == [100, 100] and nav.max_kl == 0.01 and nav.cg_iters == 10
+    cheetah = load_config("halfcheetah-vel")
+    assert cheetah.meta_batch_size == 40 and cheetah.env_id == "MAML/HalfCheetahVel-v0"
+    assert load_config("ant-dir").episodes_per_task == 40
+
+
+def test_overrides_are_parsed_as_yaml():
+    c = load_config("navigation", ["inner_lr=0.5", "hidden_sizes=[64, 64]", "first_order=true"])
+    assert c.inner_lr == 0.5 and c.hidden_sizes == [64, 64] and c.first_order is True
+
+
+def test_yaml_file_config(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("env_id: MAML/HalfCheetahDir-v0\nmeta_batch_size: 8\n")
+    c = load_config(str(path))
+    assert c.meta_batch_size == 8 and c.config_name == "mine"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["learning_rate=1"], "unknown config key"),
+        (["inner_lr=-1"], "'inner_lr'"),
+        (["meta_batch_size=0"], "'meta_batch_size'"),
+        (["inner_objective=dice"], "'inner_objective'"),
+        (["hidden_sizes=[0]"], "'hidden_sizes'"),
+        (["gamma=1.5"], "'gamma'"),
+        (["oops"], "key=value"),
+    ],
+)
+def test_bad_configs_name_the_problem(args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("navigation", args)
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(ConfigError, match="unknown config 'nope'"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("missing.yaml")
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
+    assert main(["train", "--set", "bogus=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    code = main(
+        ["train", "--set", "env_id=MAML/Nope-v0", f"log_dir={tmp_path}", "progress_bar=false"]
+    )
+    assert code == 2
+    assert "unknown env id 'MAML/Nope-v0'" in capsys.readouterr().err
+
+
+def test_cli_trains_a_tiny_run(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--quiet",
+            "--set",
+            "num_iterations=1",
+            "meta_batch_size=2",
+            "episodes_per_task=2",
+            "progress_bar=false",
+            f"log_dir={tmp_path}",
+            "run_name=tiny",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "tiny" / "checkpoint.pt").is_file()
+    assert "run folder" in capsys.readouterr().out

@@ -1,0 +1,79 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import envs  # noqa: F401  (registers the families)
+from maml_rl.policy import GaussianMLPPolicy, replicate
+from maml_rl.sampler import VectorSampler
+
+NAV = "MAML/Navigation2D-v0"
+
+
+def _setup(num_tasks=3, seed=0):
+    torch.manual_seed(seed)
+    policy = GaussianMLPPolicy(2, 2, (16,), init_std=0.05)
+    sampler = VectorSampler(NAV, policy)
+    tasks = gym.make(NAV).unwrapped.sample_tasks(num_tasks, np.random.default_rng(seed))
+    return policy, sampler, tasks
+
+
+def test_batch_layout_mask_and_returns():
+    policy, sampler, tasks = _setup()
+    batch = sampler.sample(tasks, policy.params(), episodes_per_task=4, seed=3)
+    steps = batch.mask.shape[0]
+    assert batch.observations.shape == (steps, 3, 4, 2)
+    assert batch.actions.shape == (steps, 3, 4, 2)
+    assert batch.rewards.shape == batch.mask.shape == (steps, 3, 4)
+    assert steps <= 100
+    # valid steps are a prefix; padded steps carry no reward
+    diffs = batch.mask[1:] - batch.mask[:-1]
+    assert (diffs <= 0).all()
+    assert (batch.rewards[batch.mask == 0] == 0).all()
+    torch.testing.assert_close(batch.episode_returns, batch.rewards.sum(0))
+    torch.testing.assert_close(batch.episode_lengths, batch.mask.sum(0).long())
+
+
+def test_same_seed_same_batch_and_different_seed_differs():
+    policy, sampler, tasks = _setup()
+    a = sampler.sample(tasks, policy.params(), 4, seed=11)
+    b = sampler.sample(tasks, policy.params(), 4, seed=11)
+    c = sampler.sample(tasks, policy.params(), 4, seed=12)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.actions[:5], c.actions[:5])
+
+
+def test_episodes_replay_in_single_envs_with_their_task():
+    """Sub-env m*K + k runs episode k of task m: replaying its actions in a single env with
+    that task gives the same observations and rewards."""
+    policy, sampler, tasks = _setup(num_tasks=3)
+    batch = sampler.sample(tasks, policy.params(), episodes_per_task=2, seed=5)
+    for m, task in enumerate(tasks):
+        for k in range(2):
+            env = gym.make(NAV, task=task)
+            obs, _ = env.reset(seed=0)
+            length = int(batch.episode_lengths[m, k])
+            for t in range(length):
+                np.testing.assert_allclose(batch.observations[t, m, k].numpy(), obs, atol=1e-6)
+                action = np.clip(batch.actions[t, m, k].numpy(), -0.1, 0.1)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                assert batch.rewards[t, m, k].item() == pytest.approx(reward, abs=1e-5)
+                assert (terminated or truncated) == (t == length - 1)
+
+
+def test_per_task_parameters_drive_each_task():
+    policy, sampler, tasks = _setup(num_tasks=2)
+    params = {k: v.detach().clone() for k, v in replicate(policy.params(), 2).items()}
+    last = len(policy.layers) - 1
+    params[f"layers.{last}.bias"][0] = torch.tensor([5.0, 5.0])
+    params[f"layers.{last}.bias"][1] = torch.tensor([-5.0, -5.0])
+    batch = sampler.sample(tasks, params, 3, seed=0)
+    assert (batch.actions[0, 0] > 4).all() and (batch.actions[0, 1] < -4).all()
+    with pytest.raises(ValueError, match="task sets"):
+        sampler.sample(tasks + tasks, params, 3, seed=0)
+
+
+def test_unknown_env_id_is_named():
+    with pytest.raises(ValueError, match="unknown env id 'MAML/Nope-v0'"):
+        VectorSampler("MAML/Nope-v0", GaussianMLPPolicy(2, 2))

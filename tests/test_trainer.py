@@ -1,0 +1,110 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from maml_rl.checkpoint import load_checkpoint
+from maml_rl.config import TrainConfig
+from maml_rl.trainer import MAMLTrainer, train
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(
+        env_id="MAML/Navigation2D-v0",
+        meta_batch_size=6,
+        episodes_per_task=6,
+        hidden_sizes=[32, 32],
+        num_iterations=3,
+        checkpoint_every=100,
+        progress_bar=False,
+        seed=3,
+        config_name="test",
+    )
+    base.update(overrides)
+    return TrainConfig(**base).validate()
+
+
+def _rows(run_dir):
+    with open(run_dir / "progress.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _numbers(rows):
+    skip = ("time/", "train/rejected")
+    return [
+        {k: v for k, v in r.items() if not k.startswith(skip) or k == "time/env_steps"}
+        for r in rows
+    ]
+
+
+def test_same_seed_gives_identical_runs(tmp_path):
+    a = train(_config(), tmp_path / "a", stdout=False)
+    b = train(_config(), tmp_path / "b", stdout=False)
+    assert _numbers(_rows(a)) == _numbers(_rows(b))
+    pa, pb = load_checkpoint(a)["policy"], load_checkpoint(b)["policy"]
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    c = train(_config(seed=4), tmp_path / "c", stdout=False)
+    assert _numbers(_rows(a)) != _numbers(_rows(c))
+
+
+def test_interrupt_saves_checkpoint_and_resume_equals_uninterrupted(tmp_path):
+    full = train(_config(num_iterations=4), tmp_path / "full", stdout=False)
+
+    def interrupt_after_two(trainer, _result):
+        if trainer.iteration == 2:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(num_iterations=4), run, stdout=False, on_iteration=interrupt_after_two)
+    assert load_checkpoint(run)["iteration"] == 2
+    train(None, run, resume=True, stdout=False)
+    final, resumed = load_checkpoint(full), load_checkpoint(run)
+    assert resumed["iteration"] == 4
+    assert all(torch.equal(final["policy"][k], resumed["policy"][k]) for k in final["policy"])
+    assert _numbers(_rows(full)) == _numbers(_rows(run))
+
+
+def test_tensorboard_events_hold_the_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(_config(num_iterations=2), tmp_path / "tb", stdout=False)
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in (
+        "rollout/pre_return_mean",
+        "rollout/post_return_mean",
+        "train/kl",
+        "train/surrogate_before",
+        "train/surrogate_after",
+        "train/step_fraction",
+        "train/line_search_steps",
+        "train/cg_residual",
+        "time/env_steps",
+        "time/sampling_s",
+        "time/advantages_s",
+        "time/adaptation_s",
+        "time/meta_step_s",
+    ):
+        assert tag in scalars, tag
+    assert len(acc.Scalars("rollout/post_return_mean")) == 2
+    assert (run / "config.yaml").is_file()
+
+
+def test_short_navigation_training_improves_post_adaptation_return(tmp_path):
+    config = _config(num_iterations=15, meta_batch_size=10, episodes_per_task=10, seed=1)
+    posts = []
+    train(
+        config,
+        tmp_path / "learn",
+        stdout=False,
+        on_iteration=lambda t, r: posts.append(float(r.post_returns.mean())),
+    )
+    assert np.mean(posts[-3:]) > np.mean(posts[:3]) + 5.0, posts
+
+
+def test_trainer_rejects_a_family_without_tasks():
+    with pytest.raises(ValueError, match="not a task family"):
+        MAMLTrainer(_config(env_id="Pendulum-v1"))
