@@ -81,6 +81,7 @@ class Navigation2DVectorEnv(TaskFamilyVectorEnv):
         num_envs: number of sub-envs N.
         low, high, task: as :class:`Navigation2DEnv`.
         max_episode_steps: horizon (passed by ``gymnasium.make_vec`` from the registration).
+        num_threads: accepted for a uniform API with the MuJoCo families; unused (numpy only).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Navigation2DVectorEnv(TaskFamilyVectorEnv):
         high: float = 0.5,
         task: GoalPosition | None = None,
         max_episode_steps: int | None = 100,
+        num_threads: int | None = None,
         render_mode: str | None = None,
     ):
         self.single_observation_space, self.single_action_space = _spaces()
