@@ -2,9 +2,9 @@
 
 For ``--env`` (default ``MAML/HalfCheetahVel-v0``) with N sub-envs (default 800 = 40 tasks x 20
 episodes) it times (a) a Python loop over N Gymnasium envs of the underlying v5 model
-(``HalfCheetah-v5`` / ``Ant-v5``), (b) the batched env from ``gymnasium.make_vec``, and (c) raw
-``mujoco.rollout`` physics with the same N, frame skip and thread count (the physical limit),
-then prints the ratios b/a and b/c and a JSON line.
+(``HalfCheetah-v5`` / ``Ant-v5``; also over their ``.unwrapped`` envs), (b) the batched env
+from ``gymnasium.make_vec``, and (c) raw ``mujoco.rollout`` physics with the same N, frame
+skip and thread count (the physical limit), then prints the ratios b/a and b/c and a JSON line.
 
     python scripts/benchmark_envs.py --num-envs 800 --steps 100 --threads 2
 """
@@ -33,10 +33,15 @@ def base_env_id(env_id: str) -> str:
     raise ValueError(f"no Gymnasium baseline for {env_id}")
 
 
-def time_python_loop(env_id: str, num_envs: int, steps: int, rng: np.random.Generator) -> float:
-    """(a) steps/s of a Python loop over ``num_envs`` Gymnasium envs."""
+def time_python_loop(
+    env_id: str, num_envs: int, steps: int, rng: np.random.Generator, unwrapped: bool = False
+) -> float:
+    """(a) steps/s of a Python loop over ``num_envs`` envs from ``gymnasium.make`` (with its
+    default wrappers, as a sampler uses them), or over their ``.unwrapped`` envs."""
     kwargs = {"include_cfrc_ext_in_observation": False} if env_id == "Ant-v5" else {}
-    envs_ = [gym.make(env_id, **kwargs).unwrapped for _ in range(num_envs)]
+    envs_ = [gym.make(env_id, **kwargs) for _ in range(num_envs)]
+    if unwrapped:
+        envs_ = [env.unwrapped for env in envs_]
     for i, env in enumerate(envs_):
         env.reset(seed=i)
     nu = envs_[0].action_space.shape[0]
@@ -105,21 +110,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    loop = time_python_loop(base_env_id(args.env), args.num_envs, args.loop_steps or args.steps,
-                            rng)
+    loop_steps = args.loop_steps or args.steps
+    loop = time_python_loop(base_env_id(args.env), args.num_envs, loop_steps, rng)
+    loop_bare = time_python_loop(base_env_id(args.env), args.num_envs, loop_steps, rng, True)
     batched, model, frame_skip = time_batched(args.env, args.num_envs, args.steps, args.threads,
                                               rng)
     raw = time_raw_rollout(model, args.num_envs, args.steps, frame_skip, args.threads, rng)
     result = {
         "env": args.env, "num_envs": args.num_envs, "steps": args.steps,
         "threads": args.threads, "python_loop_steps_per_s": round(loop),
+        "python_loop_unwrapped_steps_per_s": round(loop_bare),
         "batched_steps_per_s": round(batched), "raw_rollout_steps_per_s": round(raw),
-        "batched_over_loop": round(batched / loop, 2), "batched_over_raw": round(batched / raw, 2),
+        "batched_over_loop": round(batched / loop, 2),
+        "batched_over_unwrapped_loop": round(batched / loop_bare, 2),
+        "batched_over_raw": round(batched / raw, 2),
     }
-    print(f"(a) python loop over {base_env_id(args.env)}: {loop:12.0f} env-steps/s")
-    print(f"(b) batched {args.env}:           {batched:12.0f} env-steps/s")
-    print(f"(c) raw mujoco.rollout:                 {raw:12.0f} env-steps/s")
-    print(f"b/a = {batched / loop:.2f}   b/c = {batched / raw:.2f}")
+    base = base_env_id(args.env)
+    print(f"(a) python loop over gym.make({base!r}):    {loop:10.0f} env-steps/s")
+    print(f"    same loop over .unwrapped envs:         {loop_bare:10.0f} env-steps/s")
+    print(f"(b) batched {args.env}: {batched:10.0f} env-steps/s")
+    print(f"(c) raw mujoco.rollout:                     {raw:10.0f} env-steps/s")
+    print(f"b/a = {batched / loop:.2f}   b/a(unwrapped) = {batched / loop_bare:.2f}"
+          f"   b/c = {batched / raw:.2f}")
     print(json.dumps(result))
 
 

@@ -452,3 +452,12 @@ def test_step_before_reset_raises():
     venv = make_vec("MAML/Navigation2D-v0", 2)
     with pytest.raises(RuntimeError, match="reset"):
         venv.step(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_single_env_pickles_with_its_constructor_args(env_id):
+    task = some_tasks(env_id, 1, seed=9)[0]
+    env = gym.make(env_id, task=task).unwrapped
+    clone = pickle.loads(pickle.dumps(env))
+    assert type(clone) is type(env) and clone.task == task
+    assert clone.observation_space == env.observation_space
