@@ -79,19 +79,25 @@ def ant_model(xml_path: str) -> mujoco.MjModel:
     reduce_netforce = 3
     for body in bodies[1:]:
         spec.add_sensor(
-            name=f"_maml_contact_{body.name}", type=mujoco.mjtSensor.mjSENS_CONTACT,
-            objtype=mujoco.mjtObj.mjOBJ_BODY, objname=body.name,
+            name=f"_maml_contact_{body.name}",
+            type=mujoco.mjtSensor.mjSENS_CONTACT,
+            objtype=mujoco.mjtObj.mjOBJ_BODY,
+            objname=body.name,
             intprm=[data_spec, reduce_netforce, 1],
         )
     spec.add_sensor(
-        name="_maml_subtree_com", type=mujoco.mjtSensor.mjSENS_SUBTREECOM,
-        objtype=mujoco.mjtObj.mjOBJ_BODY, objname=bodies[1].name,
+        name="_maml_subtree_com",
+        type=mujoco.mjtSensor.mjSENS_SUBTREECOM,
+        objtype=mujoco.mjtObj.mjOBJ_BODY,
+        objname=bodies[1].name,
     )
     return spec.compile()
 
 
 def contact_cost(
-    sensordata: np.ndarray, nbody: int, weight: float = CONTACT_COST_WEIGHT,
+    sensordata: np.ndarray,
+    nbody: int,
+    weight: float = CONTACT_COST_WEIGHT,
     force_range: tuple[float, float] = CONTACT_FORCE_RANGE,
 ) -> np.ndarray:
     """``weight * sum(clip(cfrc_ext[1:], *force_range)^2)`` from :func:`ant_model`'s sensors.
@@ -127,8 +133,13 @@ def _goal_terms(v: Any, xy: Any, params: np.ndarray) -> dict[str, Any]:
 
 
 def ant_reward_terms(
-    task_terms: Callable[..., dict[str, Any]], x_velocity: Any, xy: np.ndarray,
-    action: np.ndarray, params: np.ndarray, contact: Any, ctrl_cost_weight: float,
+    task_terms: Callable[..., dict[str, Any]],
+    x_velocity: Any,
+    xy: np.ndarray,
+    action: np.ndarray,
+    params: np.ndarray,
+    contact: Any,
+    ctrl_cost_weight: float,
     survive_reward: float,
 ) -> dict[str, Any]:
     """The task terms, then ``reward_ctrl``, ``reward_contact``, ``reward_survive``."""
@@ -163,9 +174,12 @@ class AntTaskEnv(TaskFamilyEnv, AntEnv):
         **kwargs: Any,
     ):
         AntEnv.__init__(
-            self, ctrl_cost_weight=ctrl_cost_weight, contact_cost_weight=contact_cost_weight,
+            self,
+            ctrl_cost_weight=ctrl_cost_weight,
+            contact_cost_weight=contact_cost_weight,
             healthy_reward=healthy_reward,
-            include_cfrc_ext_in_observation=include_cfrc_ext_in_observation, **kwargs,
+            include_cfrc_ext_in_observation=include_cfrc_ext_in_observation,
+            **kwargs,
         )
         self._task_terms = task_terms
         self._init_task_family(task_space, task)
@@ -182,12 +196,20 @@ class AntTaskEnv(TaskFamilyEnv, AntEnv):
         self.do_simulation(action, self.frame_skip)
         x_velocity = (self.data.qpos[0] - x_before) / self.dt
         contact = contact_cost(
-            self.data.sensordata, self.model.nbody, self._contact_cost_weight,
+            self.data.sensordata,
+            self.model.nbody,
+            self._contact_cost_weight,
             self._contact_force_range,
         )
         terms = ant_reward_terms(
-            self._task_terms, x_velocity, self.data.qpos[:2], action, self.task_params,
-            contact, self._ctrl_cost_weight, self._healthy_reward,
+            self._task_terms,
+            x_velocity,
+            self.data.qpos[:2],
+            action,
+            self.task_params,
+            contact,
+            self._ctrl_cost_weight,
+            self._healthy_reward,
         )
         terminated = (not self.is_healthy) and self._terminate_when_unhealthy
         info = {
@@ -227,16 +249,25 @@ class AntGoalEnv(AntTaskEnv):
     the torso x, y. Default task: ``GoalPosition(high, high)``."""
 
     def __init__(
-        self, low: float = -3.0, high: float = 3.0, task: GoalPosition | None = None,
-        exclude_current_positions_from_observation: bool = False, **kwargs: Any,
+        self,
+        low: float = -3.0,
+        high: float = 3.0,
+        task: GoalPosition | None = None,
+        exclude_current_positions_from_observation: bool = False,
+        **kwargs: Any,
     ):
         super().__init__(
-            GoalPositionTaskSpace(low, high), _goal_terms, task,
+            GoalPositionTaskSpace(low, high),
+            _goal_terms,
+            task,
             exclude_current_positions_from_observation=exclude_current_positions_from_observation,
             **kwargs,
         )
         EzPickle.__init__(
-            self, low=low, high=high, task=task,
+            self,
+            low=low,
+            high=high,
+            task=task,
             exclude_current_positions_from_observation=exclude_current_positions_from_observation,
             **kwargs,
         )
@@ -271,9 +302,15 @@ class AntTaskVectorEnv(MujocoTaskVectorEnv):
         model = ant_model(gymnasium_asset("ant.xml"))
         self._skip_qpos = 2 if exclude_current_positions_from_observation else 0
         super().__init__(
-            num_envs, model, task_space, task, max_episode_steps,
-            obs_dim=model.nq - self._skip_qpos + model.nv, frame_skip=frame_skip,
-            reset_noise_scale=reset_noise_scale, num_threads=num_threads,
+            num_envs,
+            model,
+            task_space,
+            task,
+            max_episode_steps,
+            obs_dim=model.nq - self._skip_qpos + model.nv,
+            frame_skip=frame_skip,
+            reset_noise_scale=reset_noise_scale,
+            num_threads=num_threads,
         )
         self.render_mode = render_mode
         self._task_terms = task_terms
@@ -289,12 +326,20 @@ class AntTaskVectorEnv(MujocoTaskVectorEnv):
 
     def _rewards(self, x_velocity: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
         contact = contact_cost(
-            self._sensordata, self.model.nbody, self.contact_cost_weight,
+            self._sensordata,
+            self.model.nbody,
+            self.contact_cost_weight,
             self.contact_force_range,  # type: ignore[arg-type]
         )
         return ant_reward_terms(
-            self._task_terms, x_velocity, self._qpos[:, :2], actions, self.task_params, contact,
-            self.ctrl_cost_weight, self.healthy_reward,
+            self._task_terms,
+            x_velocity,
+            self._qpos[:, :2],
+            actions,
+            self.task_params,
+            contact,
+            self.ctrl_cost_weight,
+            self.healthy_reward,
         )
 
     def _terminated_now(self) -> np.ndarray:
@@ -310,8 +355,12 @@ class AntVelVectorEnv(AntTaskVectorEnv):
     """Batched :class:`AntVelEnv`; extra args ``num_envs``, ``num_threads``."""
 
     def __init__(
-        self, num_envs: int, low: float = 0.0, high: float = 3.0,
-        task: GoalVelocity | None = None, **kwargs: Any,
+        self,
+        num_envs: int,
+        low: float = 0.0,
+        high: float = 3.0,
+        task: GoalVelocity | None = None,
+        **kwargs: Any,
     ):
         super().__init__(num_envs, VelocityTaskSpace(low, high), _velocity_terms, task, **kwargs)
 
@@ -327,12 +376,19 @@ class AntGoalVectorEnv(AntTaskVectorEnv):
     """Batched :class:`AntGoalEnv` (observation includes the torso x, y)."""
 
     def __init__(
-        self, num_envs: int, low: float = -3.0, high: float = 3.0,
-        task: GoalPosition | None = None, exclude_current_positions_from_observation: bool = False,
+        self,
+        num_envs: int,
+        low: float = -3.0,
+        high: float = 3.0,
+        task: GoalPosition | None = None,
+        exclude_current_positions_from_observation: bool = False,
         **kwargs: Any,
     ):
         super().__init__(
-            num_envs, GoalPositionTaskSpace(low, high), _goal_terms, task,
+            num_envs,
+            GoalPositionTaskSpace(low, high),
+            _goal_terms,
+            task,
             exclude_current_positions_from_observation=exclude_current_positions_from_observation,
             **kwargs,
         )

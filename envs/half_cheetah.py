@@ -130,9 +130,15 @@ class HalfCheetahTaskVectorEnv(MujocoTaskVectorEnv):
     ):
         model = half_cheetah_model()
         super().__init__(
-            num_envs, model, task_space, task, max_episode_steps,
-            obs_dim=model.nq - 1 + model.nv, frame_skip=frame_skip,
-            reset_noise_scale=reset_noise_scale, num_threads=num_threads,
+            num_envs,
+            model,
+            task_space,
+            task,
+            max_episode_steps,
+            obs_dim=model.nq - 1 + model.nv,
+            frame_skip=frame_skip,
+            reset_noise_scale=reset_noise_scale,
+            num_threads=num_threads,
         )
         self.render_mode = render_mode
         self.ctrl_cost_weight = float(ctrl_cost_weight)

@@ -119,6 +119,9 @@ class Navigation2DVectorEnv(TaskFamilyVectorEnv):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         position, reward, terminated = navigation_move(self._position, actions, self.task_params)
         self._position = np.where(active[:, None], position, self._position)
-        return self._position.astype(np.float32), reward, terminated, {
-            "reward_distance": reward.copy()
-        }
+        return (
+            self._position.astype(np.float32),
+            reward,
+            terminated,
+            {"reward_distance": reward.copy()},
+        )

@@ -252,8 +252,13 @@ class TaskFamilyVectorEnv(VectorEnv):
         active = ~(self._terminated | self._truncated)
         if not active.any():
             info = {key: np.zeros_like(value) for key, value in self._last_info.items()}
-            return (self._last_obs.copy(), np.zeros(self.num_envs), self._terminated.copy(),
-                    self._truncated.copy(), info)
+            return (
+                self._last_obs.copy(),
+                np.zeros(self.num_envs),
+                self._terminated.copy(),
+                self._truncated.copy(),
+                info,
+            )
         obs, rewards, terminated, info = self._step_active(actions, active)
         all_active = bool(active.all())
         if not all_active:

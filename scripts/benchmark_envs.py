@@ -58,8 +58,11 @@ def time_batched(
 ) -> tuple[float, mujoco.MjModel, int]:
     """(b) steps/s of the batched env (horizon lifted so that no sub-env finishes)."""
     venv = gym.make_vec(
-        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point",
-        num_threads=threads, max_episode_steps=None,
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        num_threads=threads,
+        max_episode_steps=None,
     )
     if "Ant" in env_id:  # keep every ant running: termination would skip physics
         venv.unwrapped._terminated_now = lambda: np.zeros(num_envs, dtype=bool)
@@ -73,7 +76,11 @@ def time_batched(
 
 
 def time_raw_rollout(
-    model: mujoco.MjModel, num_envs: int, steps: int, frame_skip: int, threads: int,
+    model: mujoco.MjModel,
+    num_envs: int,
+    steps: int,
+    frame_skip: int,
+    threads: int,
     rng: np.random.Generator,
 ) -> float:
     """(c) steps/s of ``mujoco.rollout`` alone, chained step by step like an env."""
@@ -93,8 +100,14 @@ def time_raw_rollout(
         for t in range(steps):
             ctrl[:] = actions[t][:, None, :]
             pool.rollout(
-                models, datas, state, ctrl, nstep=frame_skip, state=out,
-                sensordata=sensordata, skip_checks=True,
+                models,
+                datas,
+                state,
+                ctrl,
+                nstep=frame_skip,
+                state=out,
+                sensordata=sensordata,
+                skip_checks=True,
             )
             state[:] = out[:, -1]
         return num_envs * steps / (time.perf_counter() - start)
@@ -105,22 +118,31 @@ def main() -> None:
     parser.add_argument("--env", default="MAML/HalfCheetahVel-v0")
     parser.add_argument("--num-envs", type=int, default=800)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--loop-steps", type=int, default=None,
-                        help="steps for the Python-loop baseline (default: --steps)")
+    parser.add_argument(
+        "--loop-steps",
+        type=int,
+        default=None,
+        help="steps for the Python-loop baseline (default: --steps)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     loop_steps = args.loop_steps or args.steps
     loop = time_python_loop(base_env_id(args.env), args.num_envs, loop_steps, rng)
     loop_bare = time_python_loop(base_env_id(args.env), args.num_envs, loop_steps, rng, True)
-    batched, model, frame_skip = time_batched(args.env, args.num_envs, args.steps, args.threads,
-                                              rng)
+    batched, model, frame_skip = time_batched(
+        args.env, args.num_envs, args.steps, args.threads, rng
+    )
     raw = time_raw_rollout(model, args.num_envs, args.steps, frame_skip, args.threads, rng)
     result = {
-        "env": args.env, "num_envs": args.num_envs, "steps": args.steps,
-        "threads": args.threads, "python_loop_steps_per_s": round(loop),
+        "env": args.env,
+        "num_envs": args.num_envs,
+        "steps": args.steps,
+        "threads": args.threads,
+        "python_loop_steps_per_s": round(loop),
         "python_loop_unwrapped_steps_per_s": round(loop_bare),
-        "batched_steps_per_s": round(batched), "raw_rollout_steps_per_s": round(raw),
+        "batched_steps_per_s": round(batched),
+        "raw_rollout_steps_per_s": round(raw),
         "batched_over_loop": round(batched / loop, 2),
         "batched_over_unwrapped_loop": round(batched / loop_bare, 2),
         "batched_over_raw": round(batched / raw, 2),
@@ -130,8 +152,10 @@ def main() -> None:
     print(f"    same loop over .unwrapped envs:         {loop_bare:10.0f} env-steps/s")
     print(f"(b) batched {args.env}: {batched:10.0f} env-steps/s")
     print(f"(c) raw mujoco.rollout:                     {raw:10.0f} env-steps/s")
-    print(f"b/a = {batched / loop:.2f}   b/a(unwrapped) = {batched / loop_bare:.2f}"
-          f"   b/c = {batched / raw:.2f}")
+    print(
+        f"b/a = {batched / loop:.2f}   b/a(unwrapped) = {batched / loop_bare:.2f}"
+        f"   b/c = {batched / raw:.2f}"
+    )
     print(json.dumps(result))
 
 

@@ -29,7 +29,10 @@ HORIZON = {"MAML/Navigation2D-v0": 100, **dict.fromkeys(MUJOCO_IDS, 200)}
 
 def make_vec(env_id: str, num_envs: int, **kwargs):
     return gym.make_vec(
-        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", num_threads=2,
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        num_threads=2,
         **kwargs,
     )
 
@@ -77,13 +80,15 @@ def test_sample_tasks_deterministic_and_valid(env_id):
 
 def test_task_ranges():
     rng = np.random.default_rng(0)
-    velocities = [t.velocity for t in gym.make("MAML/HalfCheetahVel-v0").unwrapped.sample_tasks(
-        2000, rng)]
+    velocities = [
+        t.velocity for t in gym.make("MAML/HalfCheetahVel-v0").unwrapped.sample_tasks(2000, rng)
+    ]
     assert 0.0 <= min(velocities) < 0.05 and 1.95 < max(velocities) <= 2.0
     directions = {t.direction for t in gym.make("MAML/AntDir-v0").unwrapped.sample_tasks(100, rng)}
     assert directions == {-1, 1}
-    goals = np.array([t.as_array() for t in gym.make("MAML/AntGoal-v0").unwrapped.sample_tasks(
-        2000, rng)])
+    goals = np.array(
+        [t.as_array() for t in gym.make("MAML/AntGoal-v0").unwrapped.sample_tasks(2000, rng)]
+    )
     assert goals.min() >= -3 and goals.max() <= 3 and goals.min() < -2.9 and goals.max() > 2.9
     wide = gym.make("MAML/HalfCheetahVel-v0", low=-1.0, high=4.0).unwrapped
     assert wide.task == GoalVelocity(1.5)
@@ -138,8 +143,9 @@ def test_bad_tasks_raise():
         gym.make("MAML/AntVel-v0", low=2.0, high=1.0)
 
 
-@pytest.mark.parametrize("env_id", ["MAML/Navigation2D-v0", "MAML/HalfCheetahDir-v0",
-                                    "MAML/AntGoal-v0"])
+@pytest.mark.parametrize(
+    "env_id", ["MAML/Navigation2D-v0", "MAML/HalfCheetahDir-v0", "MAML/AntGoal-v0"]
+)
 def test_bad_actions_raise(env_id):
     env = gym.make(env_id)
     env.reset(seed=0)
@@ -219,10 +225,14 @@ def _cheetah_step_by_hand(env_id, task, expected):
 
 
 def test_half_cheetah_rewards_by_hand():
-    _cheetah_step_by_hand("MAML/HalfCheetahVel-v0", GoalVelocity(1.3),
-                          lambda v, a: -abs(v - 1.3) - 0.05 * np.sum(a**2))
-    _cheetah_step_by_hand("MAML/HalfCheetahDir-v0", Direction(-1),
-                          lambda v, a: -v - 0.05 * np.sum(a**2))
+    _cheetah_step_by_hand(
+        "MAML/HalfCheetahVel-v0",
+        GoalVelocity(1.3),
+        lambda v, a: -abs(v - 1.3) - 0.05 * np.sum(a**2),
+    )
+    _cheetah_step_by_hand(
+        "MAML/HalfCheetahDir-v0", Direction(-1), lambda v, a: -v - 0.05 * np.sum(a**2)
+    )
 
 
 def _cfrc_contact_cost(model, data_before_last_substep):
@@ -238,8 +248,11 @@ def _cfrc_contact_cost(model, data_before_last_substep):
     [
         ("MAML/AntVel-v0", GoalVelocity(0.8), lambda v, xy: -abs(v - 0.8) + 1.0),
         ("MAML/AntDir-v0", Direction(-1), lambda v, xy: -v),
-        ("MAML/AntGoal-v0", GoalPosition(1.0, -2.0),
-         lambda v, xy: -abs(xy[0] - 1.0) - abs(xy[1] + 2.0) + 4.0),
+        (
+            "MAML/AntGoal-v0",
+            GoalPosition(1.0, -2.0),
+            lambda v, xy: -abs(xy[0] - 1.0) - abs(xy[1] + 2.0) + 4.0,
+        ),
     ],
 )
 def test_ant_rewards_by_hand(env_id, task, task_reward):
@@ -371,8 +384,11 @@ def _compare_vector_with_singles(env_id, tasks, actions_fn, steps, initial_state
 def test_vector_navigation_equals_singles_with_goal_reached():
     tasks = [GoalPosition(0.3, 0.0), GoalPosition(0.05, 0.05), GoalPosition(-0.5, 0.5)]
     ended = _compare_vector_with_singles(
-        "MAML/Navigation2D-v0", tasks, lambda t, n: np.tile([[0.1, 0.0], [0.05, 0.05],
-                                                             [-0.1, 0.1]], (1, 1))[:n], 110)
+        "MAML/Navigation2D-v0",
+        tasks,
+        lambda t, n: np.tile([[0.1, 0.0], [0.05, 0.05], [-0.1, 0.1]], (1, 1))[:n],
+        110,
+    )
     assert ended[:2] == [2, 0]  # goals reached on steps 3 and 1
     assert ended[2] == 4  # reached (-0.5, 0.5) after 5 steps
 
@@ -414,8 +430,7 @@ def test_vector_ant_equals_singles_with_falls(env_id):
 
     rng = np.random.default_rng(2)
     actions = rng.uniform(-1, 1, (40, 4, 8))
-    ended = _compare_vector_with_singles(env_id, tasks, lambda t, n: actions[t], 40,
-                                         initial_state)
+    ended = _compare_vector_with_singles(env_id, tasks, lambda t, n: actions[t], 40, initial_state)
     assert ended[1] == 0
     assert ended[0] is not None and ended[0] < 20
     assert ended[2] != 0 and ended[3] != 0  # the others run on while 0 and 1 stay finished
