@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from maml_rl.adaptation import INNER_OBJECTIVES
+from maml_rl.meta_learner import HVP_METHODS
 from maml_rl.policy import NONLINEARITIES
 
 
@@ -71,6 +72,9 @@ class TrainConfig:
     """Line-search step shrink factor."""
     ls_max_steps: int = 15
     """Line-search trials."""
+    hvp: str = "gauss_newton"
+    """KL-Hessian products for CG: ``gauss_newton`` (J^T F J, equal at the current point) or
+    ``exact`` (double backward of the KL through the adaptation)."""
     device: str = "cpu"
     """Learner device (``cpu`` or ``cuda``); sampling always runs on the CPU."""
     num_threads: int | None = None
@@ -140,6 +144,7 @@ class TrainConfig:
         need(
             self.nonlinearity in NONLINEARITIES, "nonlinearity", f"one of {sorted(NONLINEARITIES)}"
         )
+        need(self.hvp in HVP_METHODS, "hvp", f"one of {list(HVP_METHODS)}")
         need(
             isinstance(self.hidden_sizes, list)
             and len(self.hidden_sizes) > 0

@@ -20,8 +20,11 @@ from torch import Tensor
 
 from maml_rl.adaptation import adapt
 from maml_rl.batch import LossInputs, task_mean
+from maml_rl.fisher import fisher_vector_product
 from maml_rl.policy import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
 from maml_rl.trpo import TRPOResult, trpo_step
+
+HVP_METHODS = ("gauss_newton", "exact")
 
 
 @dataclass
@@ -36,6 +39,9 @@ class MetaLearnerSettings:
     cg_damping: float = 1e-5
     ls_backtrack_ratio: float = 0.8
     ls_max_steps: int = 15
+    hvp: str = "gauss_newton"
+    """``gauss_newton``: J^T F J products (:mod:`maml_rl.fisher`), equal to the KL Hessian at
+    the current point and cheaper; ``exact``: double backward of the KL (the reference)."""
 
 
 class MetaLearner:
@@ -94,6 +100,20 @@ class MetaLearner:
                 loss, kl, _ = self.surrogate_and_kl(inner_data, valid_data, old[0], False)
             return loss.detach(), kl.detach()
 
+        def gauss_newton():
+            return fisher_vector_product(
+                self.policy,
+                self.policy.params(),
+                inner_data,
+                valid_data,
+                [s.inner_lr] * len(inner_data),
+                s.inner_objective,
+                s.first_order,
+                s.cg_damping,
+            )
+
+        if s.hvp not in HVP_METHODS:
+            raise ValueError(f"unknown hvp method {s.hvp!r}; choose one of {HVP_METHODS}")
         return trpo_step(
             list(self.policy.parameters()),
             objective,
@@ -102,4 +122,5 @@ class MetaLearner:
             cg_damping=s.cg_damping,
             backtrack_ratio=s.ls_backtrack_ratio,
             max_backtracks=s.ls_max_steps,
+            hvp_fn=gauss_newton if s.hvp == "gauss_newton" else None,
         )

@@ -138,6 +138,7 @@ class MAMLTrainer:
                 cg_damping=config.cg_damping,
                 ls_backtrack_ratio=config.ls_backtrack_ratio,
                 ls_max_steps=config.ls_max_steps,
+                hvp=config.hvp,
             ),
         )
         self.iteration = 0  # completed meta-iterations

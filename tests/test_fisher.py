@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from maml_rl.fisher import fisher_vector_product
+from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
+from maml_rl.policy import GaussianMLPPolicy
+from maml_rl.trpo import hessian_vector_product
+from tests.test_meta_gradient import _data
+
+D = torch.float64
+
+
+@pytest.mark.parametrize(
+    ("objective", "first_order", "inner_steps"),
+    [
+        ("reinforce", False, 1),
+        ("reinforce", False, 2),
+        ("lvc", False, 1),
+        ("reinforce", True, 1),
+        ("reinforce", False, 0),
+    ],
+)
+def test_gauss_newton_product_equals_exact_kl_hessian(objective, first_order, inner_steps):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (6,), "tanh", init_std=0.7).double()
+    inner = [_data(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
+    valid = _data(4, 6, 3, 2, seed=100)
+    settings = MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order)
+    learner = MetaLearner(policy, settings)
+    _, kl, _ = learner.surrogate_and_kl(inner, valid)
+    params = list(policy.parameters())
+    exact = hessian_vector_product(kl, params, damping=0.01)
+    fvp = fisher_vector_product(
+        policy,
+        policy.params(),
+        inner,
+        valid,
+        [0.3] * inner_steps,
+        objective,
+        first_order,
+        damping=0.01,
+    )
+    for seed in range(3):
+        v = torch.randn(
+            sum(p.numel() for p in params), dtype=D, generator=torch.Generator().manual_seed(seed)
+        )
+        torch.testing.assert_close(fvp(v), exact(v), rtol=1e-7, atol=1e-9)
