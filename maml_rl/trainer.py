@@ -242,6 +242,8 @@ def _log_iteration(logger, trainer: MAMLTrainer, it: IterationResult, wall: floa
     logger.record("time/env_steps", trainer.env_steps)
     for name in ("sampling", "advantages", "adaptation", "meta_step"):
         logger.record(f"time/{name}_s", it.timings.get(name, 0.0))
+    for name, seconds in r.seconds.items():
+        logger.record(f"time/meta_step_{name}_s", seconds)
     logger.record("time/iteration_s", wall)
     logger.dump(trainer.iteration)
 

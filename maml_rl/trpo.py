@@ -5,8 +5,9 @@ Hessian-vector products by double backward, the KL-scaled step and a backtrackin
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -80,6 +81,7 @@ class TRPOResult:
     cg_residual: float
     accepted: bool
     reason: str  # "accepted", "no-improvement", "non-finite-gradient", ...
+    seconds: dict[str, float] = field(default_factory=dict)  # gradient / cg / line_search
 
 
 def trpo_step(
@@ -104,19 +106,32 @@ def trpo_step(
     by default H is the exact KL Hessian by double backward.
     """
     params = list(params)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = now - clock
+        clock = now
+
     loss, kl = objective(True)
     loss_before = float(loss.detach())
     g = flatten(torch.autograd.grad(loss, params, retain_graph=True))
     if not math.isfinite(loss_before) or not torch.isfinite(g).all():
         return TRPOResult(
-            loss_before, loss_before, 0.0, 0.0, 0, math.nan, False, "non-finite-gradient"
+            loss_before, loss_before, 0.0, 0.0, 0, math.nan, False, "non-finite-gradient", seconds
         )
+    lap("gradient")
     hvp = hvp_fn() if hvp_fn is not None else hessian_vector_product(kl, params, cg_damping)
     step_dir, residual = conjugate_gradient(hvp, g, cg_iters)
     shs = float(torch.dot(step_dir, hvp(step_dir)))
     del kl, hvp
+    lap("cg")
     if not math.isfinite(shs) or shs <= 0 or not torch.isfinite(step_dir).all():
-        return TRPOResult(loss_before, loss_before, 0.0, 0.0, 0, residual, False, "non-finite-step")
+        return TRPOResult(
+            loss_before, loss_before, 0.0, 0.0, 0, residual, False, "non-finite-step", seconds
+        )
     full_step = math.sqrt(2.0 * max_kl / shs) * step_dir
     old = [p.detach().clone() for p in params]
     steps = unflatten_like(full_step, params)
@@ -128,12 +143,22 @@ def trpo_step(
         new_loss, new_kl = objective(False)
         new_loss, new_kl = float(new_loss.detach()), float(new_kl.detach())
         if math.isfinite(new_loss) and new_loss < loss_before and new_kl <= max_kl:
+            lap("line_search")
             return TRPOResult(
-                loss_before, new_loss, new_kl, fraction, i + 1, residual, True, "accepted"
+                loss_before, new_loss, new_kl, fraction, i + 1, residual, True, "accepted", seconds
             )
     with torch.no_grad():
         for p, p0 in zip(params, old):
             p.copy_(p0)
+    lap("line_search")
     return TRPOResult(
-        loss_before, loss_before, 0.0, 0.0, max_backtracks, residual, False, "no-improvement"
+        loss_before,
+        loss_before,
+        0.0,
+        0.0,
+        max_backtracks,
+        residual,
+        False,
+        "no-improvement",
+        seconds,
     )

@@ -1,0 +1,158 @@
+"""Whole meta-iteration benchmark of MAML-TRPO at a preset's settings.
+
+Runs ``--warmup`` + ``--iterations`` meta-iterations of each ``--preset`` and prints, as a table
+and as JSON: median seconds per meta-iteration split into sampling, advantages, adaptation and
+the meta-step (TRPO gradient, conjugate gradient, line search); the sampler's env-steps/s next
+to, measured in the same run, the physics limit (MuJoCo families: raw ``mujoco.rollout`` with
+the same number of states, frame skip and threads; navigation: the batched env alone with random
+actions) and a naive reference (Gymnasium envs stepped one at a time, one policy forward per
+env); and the process's peak memory (max RSS).
+
+    python scripts/benchmark.py --preset navigation halfcheetah-vel --iterations 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmark_envs import time_raw_rollout
+
+from maml_rl.config import load_config
+from maml_rl.trainer import MAMLTrainer
+
+PHASES = ("sampling", "advantages", "adaptation", "meta_step")
+META_PARTS = ("gradient", "cg", "line_search")
+
+
+def physics_limit(trainer: MAMLTrainer, num_envs: int, steps: int, threads: int) -> float:
+    """Env-steps/s of the physics alone for ``num_envs`` states (see the module docstring)."""
+    env = trainer.sampler._env(num_envs).unwrapped  # the sampler's own batched env
+    rng = np.random.default_rng(0)
+    if hasattr(env, "model"):
+        return time_raw_rollout(env.model, num_envs, steps, env.frame_skip, threads, rng)
+    env.reset(seed=0, options={"tasks": trainer.sample_tasks(0)[:1] * num_envs})
+    space = env.single_action_space
+    actions = rng.uniform(space.low, space.high, (steps, num_envs, space.shape[0]))
+    start = time.perf_counter()
+    done = 0
+    for t in range(steps):
+        env.step(actions[t])
+        done += num_envs
+    return done / (time.perf_counter() - start)
+
+
+def naive_reference(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
+    """Env-steps/s of single Gymnasium envs stepped one at a time with a policy forward each."""
+    envs = [gym.make(trainer.env_id, **trainer.config.env_kwargs) for _ in range(num_envs)]
+    obs = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
+    policy = trainer.policy.to("cpu")
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            for i, env in enumerate(envs):
+                mean, log_std = policy(torch.as_tensor(obs[i], dtype=torch.float32))
+                action = (mean + log_std.exp() * torch.randn_like(mean)).numpy()
+                obs[i], _, terminated, truncated, _ = env.step(
+                    np.clip(action, env.action_space.low, env.action_space.high)
+                )
+                if terminated or truncated:
+                    obs[i] = env.reset()[0]
+    return num_envs * steps / (time.perf_counter() - start)
+
+
+def bench_preset(name: str, args: argparse.Namespace) -> dict:
+    overrides = [f"device={args.device}", "progress_bar=false"]
+    if args.threads:
+        overrides += [f"num_threads={args.threads}", f"torch_threads={args.threads}"]
+    overrides += args.set
+    config = load_config(name, overrides)
+    trainer = MAMLTrainer(config)
+    threads = config.num_threads or os.cpu_count() or 1
+    rows = []
+    for i in range(args.warmup + args.iterations):
+        start = time.perf_counter()
+        result = trainer.run_iteration(i)
+        wall = time.perf_counter() - start
+        if i >= args.warmup:
+            rows.append((wall, result))
+    med = statistics.median
+    num_envs = config.meta_batch_size * config.episodes_per_task
+    sampling_rate = med(r.env_steps / r.timings["sampling"] for _, r in rows)
+    limit = physics_limit(trainer, num_envs, args.physics_steps, threads)
+    naive = naive_reference(trainer, min(num_envs, args.naive_envs), args.naive_steps)
+    out = {
+        "preset": name,
+        "env_id": config.env_id,
+        "device": str(trainer.device),
+        "tasks_x_episodes": f"{config.meta_batch_size}x{config.episodes_per_task}",
+        "iterations": args.iterations,
+        "iteration_s": med(w for w, _ in rows),
+        **{f"{p}_s": med(r.timings.get(p, 0.0) for _, r in rows) for p in PHASES},
+        **{
+            f"meta_step_{p}_s": med(r.trpo.seconds.get(p, 0.0) for _, r in rows) for p in META_PARTS
+        },
+        "env_steps_per_iteration": med(r.env_steps for _, r in rows),
+        "sampler_steps_per_s": sampling_rate,
+        "physics_limit_steps_per_s": limit,
+        "naive_steps_per_s": naive,
+        "sampler_over_limit": sampling_rate / limit,
+        "sampler_over_naive": sampling_rate / naive,
+    }
+    out["meta_step_fraction"] = out["meta_step_s"] / out["iteration_s"]
+    trainer.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", nargs="+", default=["navigation", "halfcheetah-vel"])
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="physics and torch threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--physics-steps", type=int, default=100)
+    parser.add_argument("--naive-envs", type=int, default=200)
+    parser.add_argument("--naive-steps", type=int, default=20)
+    parser.add_argument("--set", nargs="*", default=[], help="extra config overrides")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    results = [bench_preset(p, args) for p in args.preset]
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    keys = [
+        "iteration_s",
+        *(f"{p}_s" for p in PHASES),
+        *(f"meta_step_{p}_s" for p in META_PARTS),
+        "meta_step_fraction",
+        "sampler_steps_per_s",
+        "physics_limit_steps_per_s",
+        "naive_steps_per_s",
+        "sampler_over_limit",
+        "sampler_over_naive",
+    ]
+    print(f"machine: {machine}; peak memory (max RSS): {peak_gb:.2f} GB")
+    print(f"{'':28s}" + "".join(f"{r['preset']:>18s}" for r in results))
+    print(f"{'device':28s}" + "".join(f"{r['device']:>18s}" for r in results))
+    for key in keys:
+        print(f"{key:28s}" + "".join(f"{r[key]:18.3f}" for r in results))
+    payload = {"machine": machine, "peak_rss_gb": peak_gb, "results": results}
+    print(json.dumps(payload))
+    if args.json:
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
