@@ -43,7 +43,8 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
 
     Initial states: ``qpos = model.qpos0 + U(-s, s)``, ``qvel = s * N(0, 1)`` with
     ``s = reset_noise_scale``, drawn from ``self.np_random`` (seeded by ``reset(seed=...)``) for
-    all sub-envs at once, the distribution of Gymnasium's v5 ``reset_model``.
+    all sub-envs at once (or from one generator per sub-env for a list of seeds), the
+    distribution of Gymnasium's v5 ``reset_model``.
     :meth:`set_state` sets exact states (for tests).
 
     Subclasses implement :meth:`_observe` and :meth:`_rewards`, and may override
@@ -125,9 +126,10 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
 
     def _reset_all(self) -> np.ndarray:
         s = self.reset_noise_scale
-        n = self.num_envs
-        qpos = self._init_qpos + self.np_random.uniform(-s, s, size=(n, self.model.nq))
-        qvel = s * self.np_random.standard_normal((n, self.model.nv))
+        qpos = self._init_qpos + self._draw_per_env(
+            lambda rng, size: rng.uniform(-s, s, size), (self.model.nq,)
+        )
+        qvel = s * self._draw_per_env(lambda rng, size: rng.standard_normal(size), (self.model.nv,))
         return self.set_state(qpos, qvel)
 
     def _step_active(

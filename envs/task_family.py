@@ -17,6 +17,7 @@ A :class:`TaskSpace` describes the distribution and validates tasks; :class:`Tas
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -155,8 +156,13 @@ class TaskFamilyVectorEnv(VectorEnv):
       ``truncated`` is set on the step whose count reaches it, even if also terminated.
     * ``info`` holds (N,) arrays of the reward terms (0.0 for finished sub-envs).
 
+    * ``reset(seed=[s_0, ..., s_{N-1}])`` gives every sub-env its own generator, so a sub-env's
+      initial state depends on its seed only (not on N or its index): batches split over
+      several envs or machines reproduce the same episodes. An int seed drives all sub-envs
+      from one generator.
+
     Subclasses implement :meth:`_reset_all` (return the initial observations, drawing
-    randomness from ``self.np_random``) and :meth:`_step_active` (advance the sub-envs in
+    randomness with :meth:`_draw_per_env`) and :meth:`_step_active` (advance the sub-envs in
     ``active``; return observations, rewards, terminated flags and info for all sub-envs; rows
     of inactive sub-envs are ignored).
     """
@@ -224,10 +230,20 @@ class TaskFamilyVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start one new episode in every sub-env; ``options`` may carry "tasks" or "task"."""
-        if isinstance(seed, list):
-            raise TypeError("seed must be an int or None (one generator drives all sub-envs)")
-        super().reset(seed=seed)
+        """Start one new episode in every sub-env; ``options`` may carry "tasks" or "task".
+
+        ``seed`` is None, an int (one generator for all sub-envs) or a list of N ints (one
+        generator per sub-env).
+        """
+        self._sub_env_rngs: list[np.random.Generator] | None = None
+        if isinstance(seed, list | tuple | np.ndarray):
+            seeds = [int(s) for s in seed]
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} sub-environments")
+            self._sub_env_rngs = [np.random.default_rng(s) for s in seeds]
+            super().reset(seed=seeds[0])
+        else:
+            super().reset(seed=seed)
         if options:
             if "tasks" in options and "task" in options:
                 raise ValueError('give either options["tasks"] or options["task"], not both')
@@ -275,6 +291,18 @@ class TaskFamilyVectorEnv(VectorEnv):
         self._last_obs = obs
         self._last_info = info
         return obs.copy(), rewards, self._terminated.copy(), self._truncated.copy(), info
+
+    def _draw_per_env(
+        self,
+        draw: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
+        shape: tuple[int, ...],
+    ) -> np.ndarray:
+        """``(N, *shape)`` random draws: ``draw(rng, size)`` from ``self.np_random`` for all
+        sub-envs at once, or row by row from the per-sub-env generators of a list seed."""
+        rngs = getattr(self, "_sub_env_rngs", None)
+        if rngs is None:
+            return draw(self.np_random, (self.num_envs, *shape))
+        return np.stack([draw(rng, shape) for rng in rngs])
 
     @abstractmethod
     def _reset_all(self) -> np.ndarray:

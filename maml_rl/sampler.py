@@ -49,6 +49,13 @@ def resolve_env_id(env_id: str) -> str:
     return env_id
 
 
+def task_seeds(seed: int, num_tasks: int) -> list[int]:
+    """Per-task seeds derived from a batch seed: task m's episodes depend on (seed, m) only, so
+    any split of the tasks over samplers or workers reproduces the same batch."""
+    states = np.random.SeedSequence(int(seed)).spawn(num_tasks)
+    return [int(s.generate_state(1)[0]) for s in states]
+
+
 def make_batched_env(
     env_id: str, num_envs: int, env_kwargs: dict[str, Any], num_threads: int | None = None
 ) -> gym.vector.VectorEnv:
@@ -107,13 +114,15 @@ class VectorSampler:
             )
         return self._envs[num_envs]
 
-    def _set_tasks(self, env: gym.vector.VectorEnv, tasks: list[Any], seed: int) -> np.ndarray:
+    def _set_tasks(
+        self, env: gym.vector.VectorEnv, tasks: list[Any], seeds: list[int]
+    ) -> np.ndarray:
         if isinstance(env, gym.vector.SyncVectorEnv):  # generic fallback, not a hot path
             for sub_env, task in zip(env.envs, tasks):
                 sub_env.unwrapped.reset_task(task)
-            obs, _ = env.reset(seed=seed)
+            obs, _ = env.reset(seed=seeds)
         else:
-            obs, _ = env.reset(seed=seed, options={"tasks": tasks})
+            obs, _ = env.reset(seed=seeds, options={"tasks": tasks})
         return obs
 
     def sample(
@@ -123,41 +132,89 @@ class VectorSampler:
 
         ``params`` are the policy parameters, unbatched (one policy for all tasks) or with a
         leading task dimension of size M = len(tasks). Actions are Gaussian samples, clipped to
-        the action space when sent to the env; the batch stores the unclipped samples.
+        the action space when sent to the env; the batch stores the unclipped samples. Task m's
+        randomness (its sub-envs' initial states and its action noise) comes from
+        ``task_seeds(seed, M)[m]`` alone.
+        """
+        return self.sample_shard(tasks, params, episodes_per_task, task_seeds(seed, len(tasks)))
+
+    def sample_shard(
+        self,
+        tasks: Sequence[Any],
+        params: Params,
+        episodes_per_task: int,
+        seeds: Sequence[int],
+        shard: Sequence[int] | None = None,
+    ) -> EpisodeBatch:
+        """Sample only the tasks with indices ``shard`` (default: all) of a meta-batch.
+
+        ``tasks``, ``params`` and ``seeds`` describe the whole meta-batch of M tasks; the
+        returned batch holds the ``shard`` tasks in that order. The policy forward always runs
+        over all M task slots (rows of tasks outside the shard are zeros), so every task's
+        actions are bit-identical whichever shard it is sampled in: BLAS kernels may round
+        differently for other batch shapes, and the physics would amplify that.
         """
         num_tasks, k = len(tasks), int(episodes_per_task)
         if num_tasks == 0 or k <= 0:
             raise ValueError(f"need at least one task and one episode, got {num_tasks} and {k}")
+        if len(seeds) != num_tasks:
+            raise ValueError(f"got {len(seeds)} task seeds for {num_tasks} tasks")
         if params["log_std"].dim() == 2 and params["log_std"].shape[0] != num_tasks:
             raise ValueError(
                 f"params carry {params['log_std'].shape[0]} task sets for {num_tasks} tasks"
             )
-        n = num_tasks * k
+        rows = list(range(num_tasks)) if shard is None else [int(i) for i in shard]
+        if not rows or min(rows) < 0 or max(rows) >= num_tasks:
+            raise ValueError(f"shard {rows} is empty or outside the {num_tasks} tasks")
+        full = len(rows) == num_tasks and rows == sorted(rows)
+        m = len(rows)
+        n = m * k
         env = self._env(n)
         space = env.single_action_space
         low, high = space.low, space.high
         clip = bool(np.isfinite(low).all() and np.isfinite(high).all())
         obs_dim = env.single_observation_space.shape[0]
         act_dim = space.shape[0]
-        cpu_params = {name: p.detach().to("cpu", torch.float32) for name, p in params.items()}
-        generator = torch.Generator().manual_seed(int(seed))
-
+        cpu_params = {
+            name: p.detach().to("cpu", torch.float32).clone() for name, p in params.items()
+        }
         horizon = self.horizon
+        # all of an episode's action noise up front, one generator per task: [T, m, K, act]
+        noise = torch.stack(
+            [
+                torch.randn(
+                    horizon, k, act_dim, generator=torch.Generator().manual_seed(int(seeds[i]))
+                )
+                for i in rows
+            ],
+            dim=1,
+        )
+        env_seeds = [
+            int(x) for i in rows for x in np.random.SeedSequence(int(seeds[i])).generate_state(k)
+        ]
         obs_buf = np.zeros((horizon, n, obs_dim), dtype=np.float32)
         act_buf = np.zeros((horizon, n, act_dim), dtype=np.float32)
         rew_buf = np.zeros((horizon, n), dtype=np.float32)
         mask_buf = np.zeros((horizon, n), dtype=np.float32)
         finished = np.zeros(n, dtype=bool)
-        obs = self._set_tasks(env, [t for t in tasks for _ in range(k)], int(seed))
+        slots = torch.zeros(num_tasks, k, obs_dim)
+        index = torch.tensor(rows)
+        obs = self._set_tasks(env, [tasks[i] for i in rows for _ in range(k)], env_seeds)
         steps = horizon
         with torch.no_grad():
             for t in range(horizon):
                 obs_buf[t] = obs
                 mask_buf[t] = ~finished
-                o = torch.from_numpy(obs_buf[t]).view(num_tasks, k, obs_dim)
-                mean, log_std = self.policy(o, cpu_params)
-                noise = torch.randn(mean.shape, generator=generator)
-                act_buf[t] = (mean + log_std.exp() * noise).reshape(n, act_dim).numpy()
+                current = torch.from_numpy(obs_buf[t]).view(m, k, obs_dim)
+                if full:
+                    slots.copy_(current)
+                else:
+                    slots[index] = current
+                mean, log_std = self.policy(slots, cpu_params)
+                if not full:
+                    mean = mean[index]
+                    log_std = log_std[index] if log_std.dim() == 3 else log_std
+                act_buf[t] = (mean + log_std.exp() * noise[t]).reshape(n, act_dim).numpy()
                 sent = np.clip(act_buf[t], low, high) if clip else act_buf[t]
                 obs, reward, terminated, truncated, _ = env.step(sent)
                 rew_buf[t] = np.where(finished, 0.0, reward)
@@ -167,7 +224,7 @@ class VectorSampler:
                     break
 
         def to_tensor(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(x[:steps]).reshape(steps, num_tasks, k, *x.shape[2:])
+            return torch.from_numpy(x[:steps]).reshape(steps, m, k, *x.shape[2:])
 
         mask = to_tensor(mask_buf)
         rewards = to_tensor(rew_buf)

@@ -77,3 +77,34 @@ def test_per_task_parameters_drive_each_task():
 def test_unknown_env_id_is_named():
     with pytest.raises(ValueError, match="unknown env id 'MAML/Nope-v0'"):
         VectorSampler("MAML/Nope-v0", GaussianMLPPolicy(2, 2))
+
+
+CHEETAH = "MAML/HalfCheetahVel-v0"
+
+
+def test_list_seed_gives_each_sub_env_the_single_env_initial_state():
+    venv = gym.make_vec(CHEETAH, num_envs=3, vectorization_mode="vector_entry_point", num_threads=1)
+    obs, _ = venv.reset(seed=[7, 8, 9])
+    for i, s in enumerate([7, 8, 9]):
+        single, _ = gym.make(CHEETAH).reset(seed=s)
+        np.testing.assert_array_equal(obs[i], single)
+    with pytest.raises(ValueError, match="2 seeds for 3"):
+        venv.reset(seed=[1, 2])
+
+
+def test_batch_split_over_task_shards_equals_the_whole_batch():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(17, 6, (16,))
+    sampler = VectorSampler(CHEETAH, policy, num_threads=1, max_episode_steps=8)
+    tasks = gym.make(CHEETAH).unwrapped.sample_tasks(4, np.random.default_rng(0))
+    params = {
+        k: v.detach() + 0.01 * torch.randn_like(v) for k, v in replicate(policy.params(), 4).items()
+    }
+    from maml_rl.sampler import task_seeds
+
+    seeds = task_seeds(123, 4)
+    whole = sampler.sample(tasks, params, 3, seed=123)
+    parts = [sampler.sample_shard(tasks, params, 3, seeds, shard) for shard in ([0], [1, 2, 3])]
+    for name, x in zip(whole._fields, whole):
+        dim = 0 if name.startswith("episode") else 1
+        assert torch.equal(x, torch.cat([getattr(p, name) for p in parts], dim=dim)), name
