@@ -43,7 +43,8 @@ class TrainConfig:
     episodes_per_task: int = 20
     """K, trajectories per task for each inner step and for the post-update batch."""
     num_inner_steps: int = 1
-    """Policy-gradient adaptation steps in training (each with fresh rollouts)."""
+    """Policy-gradient adaptation steps in training (each with fresh rollouts); 0 trains one
+    policy on all tasks jointly (multi-task TRPO, the paper's "pretrained" baseline)."""
     inner_lr: float = 0.1
     """Inner step size alpha."""
     inner_objective: str = "reinforce"
@@ -72,6 +73,9 @@ class TrainConfig:
     """Line-search step shrink factor."""
     ls_max_steps: int = 15
     """Line-search trials."""
+    cg_subsample: float = 1.0
+    """Fraction of samples used in the CG curvature products (1.0: all; < 1: subsampled
+    Fisher, faster, an approximation whose effect on learning is reported in the README)."""
     hvp: str = "gauss_newton"
     """KL-Hessian products for CG: ``gauss_newton`` (J^T F J, equal at the current point) or
     ``exact`` (double backward of the KL through the adaptation)."""
@@ -103,7 +107,6 @@ class TrainConfig:
             "num_iterations",
             "meta_batch_size",
             "episodes_per_task",
-            "num_inner_steps",
             "cg_iters",
             "ls_max_steps",
             "checkpoint_every",
@@ -114,6 +117,13 @@ class TrainConfig:
                 key,
                 "must be an integer >= 1",
             )
+        need(
+            isinstance(self.num_inner_steps, int)
+            and not isinstance(self.num_inner_steps, bool)
+            and self.num_inner_steps >= 0,
+            "num_inner_steps",
+            "must be an integer >= 0 (0: multi-task TRPO without adaptation)",
+        )
         need(isinstance(self.env_id, str) and bool(self.env_id), "env_id", "must be a string")
         need(isinstance(self.env_kwargs, dict), "env_kwargs", "must be a mapping")
         need(
@@ -144,6 +154,7 @@ class TrainConfig:
         need(
             self.nonlinearity in NONLINEARITIES, "nonlinearity", f"one of {sorted(NONLINEARITIES)}"
         )
+        need(0 < self.cg_subsample <= 1, "cg_subsample", "must be in (0, 1]")
         need(self.hvp in HVP_METHODS, "hvp", f"one of {list(HVP_METHODS)}")
         need(
             isinstance(self.hidden_sizes, list)

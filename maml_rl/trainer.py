@@ -40,7 +40,7 @@ def derive_seed(*entropy: int) -> int:
 
 
 # purposes mixed into derived seeds
-_TASKS, _INNER, _VALID = 0, 1, 2
+_TASKS, _INNER, _VALID, _FISHER = 0, 1, 2, 3
 
 
 def prepare_env(config: TrainConfig) -> str:
@@ -139,6 +139,7 @@ class MAMLTrainer:
                 ls_backtrack_ratio=config.ls_backtrack_ratio,
                 ls_max_steps=config.ls_max_steps,
                 hvp=config.hvp,
+                cg_subsample=config.cg_subsample,
             ),
         )
         self.iteration = 0  # completed meta-iterations
@@ -190,10 +191,12 @@ class MAMLTrainer:
         with timer("advantages"):
             valid_data = self._to_loss_inputs(valid)
         with timer("meta_step"):
-            result = self.learner.step(inner_data, valid_data)
-        return IterationResult(
-            pre_returns, valid.episode_returns.numpy(), result, steps, timer.seconds
-        )
+            generator = torch.Generator().manual_seed(derive_seed(c.seed, iteration, _FISHER))
+            result = self.learner.step(inner_data, valid_data, generator)
+        post_returns = valid.episode_returns.numpy()
+        if pre_returns is None:  # no inner step: the policy itself was sampled
+            pre_returns = post_returns
+        return IterationResult(pre_returns, post_returns, result, steps, timer.seconds)
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
