@@ -18,6 +18,9 @@ from maml_rl.meta_learner import HVP_METHODS
 from maml_rl.policy import NONLINEARITIES
 
 
+SAMPLERS = ("vector", "ray")
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key or value."""
 
@@ -95,6 +98,20 @@ class TrainConfig:
     """Name of the preset or file the config came from (used in the run name)."""
     progress_bar: bool = True
     """Show a progress bar with pre-/post-adaptation returns."""
+    sampler: str = "vector"
+    """``vector`` (one batched env in this process) or ``ray`` (tasks split over Ray actors;
+    ``pip install -e ".[ray]"``); both give the same batches for the same seed."""
+    ray_address: str = "local"
+    """``sampler=ray``: ``local`` starts Ray in this process; ``auto`` or ``host:port`` joins a
+    running cluster (``ray start --head``)."""
+    num_workers: int = 2
+    """``sampler=ray``: worker actors; each samples a contiguous shard of the meta-batch and
+    reserves ``num_threads`` CPUs (1 when null) for its physics."""
+    ray_max_retries: int = 3
+    """``sampler=ray``: times a shard is re-sampled in one call after its worker died."""
+    ray_timeout_s: float = 600.0
+    """``sampler=ray``: seconds to wait for a shard (or for workers to start) before the worker
+    counts as dead."""
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first bad value; return self."""
@@ -171,6 +188,26 @@ class TrainConfig:
                 key,
                 "must be null or an integer >= 1",
             )
+        need(self.sampler in SAMPLERS, "sampler", f"one of {list(SAMPLERS)}")
+        need(
+            isinstance(self.ray_address, str) and bool(self.ray_address),
+            "ray_address",
+            "local, auto or a cluster address",
+        )
+        for key, low in (("num_workers", 1), ("ray_max_retries", 0)):
+            value = getattr(self, key)
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                key,
+                f"must be an integer >= {low}",
+            )
+        need(
+            isinstance(self.ray_timeout_s, int | float)
+            and not isinstance(self.ray_timeout_s, bool)
+            and self.ray_timeout_s > 0,
+            "ray_timeout_s",
+            "must be a number > 0",
+        )
         return self
 
     def to_dict(self) -> dict[str, Any]:

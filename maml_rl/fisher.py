@@ -50,7 +50,8 @@ def adapt_with_trace(
     objective: str,
     first_order: bool,
 ) -> tuple[Params, list[InnerStep]]:
-    """Adapted task-batched parameters and the inner-gradient graphs needed for H_in v."""
+    """Adapted task-batched parameters (differentiable in theta to second order unless
+    ``first_order``) and the inner-gradient graphs that :func:`fisher_vector_product` needs."""
     params = replicate(theta, inner_data[0].mask.shape[0]) if inner_data else dict(theta)
     trace: list[InnerStep] = []
     for data, lr in zip(inner_data, step_sizes):
@@ -59,7 +60,7 @@ def adapt_with_trace(
         grads = torch.autograd.grad(loss, values, create_graph=not first_order)
         if not first_order:
             trace.append(InnerStep(values, grads, lr))
-        params = {k: p - lr * g.detach() for (k, p), g in zip(params.items(), grads)}
+        params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
     return params, trace
 
 
@@ -71,31 +72,37 @@ def _inner_jacobian(trace: Sequence[InnerStep], vectors: list[Tensor]) -> list[T
     return vectors
 
 
+def subsample(data: LossInputs, fraction: float, generator: torch.Generator) -> LossInputs:
+    """The same random ``fraction`` of the N sample columns of every task (at least one)."""
+    n = data.mask.shape[1]
+    keep = max(1, round(fraction * n))
+    idx = torch.randperm(n, generator=generator)[:keep].sort().values.to(data.mask.device)
+    return LossInputs(*(x[:, idx] for x in data))
+
+
 def fisher_vector_product(
     policy: GaussianMLPPolicy,
     theta: Params,
-    inner_data: Sequence[LossInputs],
+    adapted: Params,
+    trace: Sequence[InnerStep],
     valid_data: LossInputs,
-    step_sizes: Sequence[float],
-    objective: str = "reinforce",
-    first_order: bool = False,
     damping: float = 0.0,
 ) -> Callable[[Tensor], Tensor]:
     """Return v -> (J^T F J + damping I) v for the flattened meta-parameters ``theta``.
 
-    The KL it is the Hessian of is ``mean_tasks(task_mean(KL_per_sample))`` as in
-    :meth:`maml_rl.meta_learner.MetaLearner.surrogate_and_kl`.
+    ``adapted`` and ``trace`` come from :func:`adapt_with_trace`. The KL it is the Hessian of
+    is ``mean_tasks(task_mean(KL_per_sample))`` on ``valid_data``, as in
+    :meth:`maml_rl.meta_learner.MetaLearner.surrogate_and_kl`. Passing a ``trace`` and
+    ``valid_data`` computed on a subset of the samples gives TRPO's subsampled Fisher
+    (Schulman et al. 2015, section 6).
     """
     names = list(theta)
     theta_list = [theta[k] for k in names]
     num_tasks = valid_data.mask.shape[0]
-    adapted, trace = adapt_with_trace(policy, theta, inner_data, step_sizes, objective, first_order)
     if adapted[names[0]].dim() == theta[names[0]].dim():  # no inner step: one set for all
         adapted = replicate(adapted, num_tasks)
-    # For the reversed steps the first inner step's params are expanded views of theta: the
-    # per-task cotangents there are summed by autograd; we sum explicitly at the end instead.
-    leaf = {k: adapted[k].detach().clone().requires_grad_(True) for k in names}
-    mean, log_std = policy(valid_data.observations, leaf)
+    leaf = [adapted[k].detach().clone().requires_grad_(True) for k in names]
+    mean, log_std = policy(valid_data.observations, dict(zip(names, leaf)))
 
     with torch.no_grad():
         weight = valid_data.mask / (
@@ -104,23 +111,26 @@ def fisher_vector_product(
         mean_fisher = weight.unsqueeze(-1) * torch.exp(-2.0 * log_std)
         log_std_fisher = 2.0 * weight.sum(-1).reshape(num_tasks, *([1] * (log_std.dim() - 1)))
 
-    def outputs(p: Params) -> tuple[Tensor, Tensor]:
-        return policy(valid_data.observations, p)
-
-    primal = {k: v.detach() for k, v in leaf.items()}
+    # J_out u by the double-backward trick: J_out^T w is linear in w, so d(J_out^T w . u)/dw
+    # = J_out u; the graph of J_out^T w is built once and reused by every product.
+    w_mean = torch.zeros_like(mean, requires_grad=True)
+    w_log_std = torch.zeros_like(log_std, requires_grad=True)
+    jt_w = torch.autograd.grad((mean, log_std), leaf, (w_mean, w_log_std), create_graph=True)
 
     def fvp(v: Tensor) -> Tensor:
         v_list = unflatten_like(v, theta_list)
         u = [x.unsqueeze(0).expand(num_tasks, *x.shape).contiguous() for x in v_list]
         u = _inner_jacobian(trace, u)
-        _, (d_mean, d_log_std) = torch.func.jvp(outputs, (primal,), (dict(zip(names, u)),))
+        d_mean, d_log_std = torch.autograd.grad(
+            jt_w, (w_mean, w_log_std), grad_outputs=u, retain_graph=True
+        )
         z = torch.autograd.grad(
             (mean, log_std),
-            [leaf[k] for k in names],
+            leaf,
             grad_outputs=(mean_fisher * d_mean, log_std_fisher * d_log_std),
             retain_graph=True,
         )
-        z = _inner_jacobian(reversed(trace), list(z))
+        z = _inner_jacobian(list(reversed(trace)), list(z))
         return flatten([x.sum(0) for x in z]) + damping * v
 
     return fvp

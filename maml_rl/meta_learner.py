@@ -12,7 +12,7 @@ adapted policy at the current theta.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from maml_rl.adaptation import adapt
 from maml_rl.batch import LossInputs, task_mean
-from maml_rl.fisher import fisher_vector_product
+from maml_rl.fisher import adapt_with_trace, fisher_vector_product, subsample
 from maml_rl.policy import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
 from maml_rl.trpo import TRPOResult, trpo_step
 
@@ -39,6 +39,9 @@ class MetaLearnerSettings:
     cg_damping: float = 1e-5
     ls_backtrack_ratio: float = 0.8
     ls_max_steps: int = 15
+    cg_subsample: float = 1.0
+    """Fraction of the samples (per task, inner and post-update) used in the CG curvature
+    products; 1.0 uses all (exact), < 1 is TRPO's subsampled Fisher (faster)."""
     hvp: str = "gauss_newton"
     """``gauss_newton``: J^T F J products (:mod:`maml_rl.fisher`), equal to the KL Hessian at
     the current point and cheaper; ``exact``: double backward of the KL (the reference)."""
@@ -71,13 +74,15 @@ class MetaLearner:
         valid_data: LossInputs,
         old: tuple[Tensor, Tensor, Tensor] | None = None,
         create_graph: bool = True,
+        adapted: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
         """Surrogate loss and mean KL at the current theta.
 
         ``old`` = (mean, log_std, log_prob) of pi_old' on ``valid_data``; ``None`` takes the
-        current adapted policy as pi_old' (ratio 1, KL 0). Returns (loss, kl, old).
+        current adapted policy as pi_old' (ratio 1, KL 0). ``adapted`` may pass theta'
+        computed already. Returns (loss, kl, old).
         """
-        params = self.adapt(inner_data, create_graph=create_graph)
+        params = adapted if adapted is not None else self.adapt(inner_data, create_graph)
         mean, log_std = self.policy(valid_data.observations, params)
         logp = gaussian_log_prob(valid_data.actions, mean, log_std)
         if old is None:
@@ -87,33 +92,46 @@ class MetaLearner:
         kl = task_mean(gaussian_kl(old[0], old[1], mean, log_std), valid_data.mask).mean()
         return loss, kl, old
 
-    def step(self, inner_data: Sequence[LossInputs], valid_data: LossInputs) -> TRPOResult:
-        """One TRPO meta-update of theta (in place)."""
+    def step(
+        self,
+        inner_data: Sequence[LossInputs],
+        valid_data: LossInputs,
+        generator: torch.Generator | None = None,
+    ) -> TRPOResult:
+        """One TRPO meta-update of theta (in place); ``generator`` draws the Fisher subsample."""
         s = self.settings
+        if s.hvp not in HVP_METHODS:
+            raise ValueError(f"unknown hvp method {s.hvp!r}; choose one of {HVP_METHODS}")
         old: list[tuple[Tensor, Tensor, Tensor] | None] = [None]
+        graph: dict[str, object] = {}
+        lrs = [s.inner_lr] * len(inner_data)
+        theta = self.policy.params()
 
         def objective(create_graph: bool) -> tuple[Tensor, Tensor]:
             if create_graph:
-                loss, kl, old[0] = self.surrogate_and_kl(inner_data, valid_data, old[0], True)
+                adapted, trace = adapt_with_trace(
+                    self.policy, theta, inner_data, lrs, s.inner_objective, s.first_order
+                )
+                graph.update(adapted=adapted, trace=trace)
+                loss, kl, old[0] = self.surrogate_and_kl(
+                    inner_data, valid_data, old[0], True, adapted
+                )
                 return loss, kl
             with torch.enable_grad():
                 loss, kl, _ = self.surrogate_and_kl(inner_data, valid_data, old[0], False)
             return loss.detach(), kl.detach()
 
-        def gauss_newton():
-            return fisher_vector_product(
-                self.policy,
-                self.policy.params(),
-                inner_data,
-                valid_data,
-                [s.inner_lr] * len(inner_data),
-                s.inner_objective,
-                s.first_order,
-                s.cg_damping,
-            )
+        def gauss_newton() -> Callable[[Tensor], Tensor]:
+            adapted, trace, valid = graph["adapted"], graph["trace"], valid_data
+            if s.cg_subsample < 1.0:
+                gen = generator or torch.Generator().manual_seed(0)
+                valid = subsample(valid_data, s.cg_subsample, gen)
+                inner = [subsample(d, s.cg_subsample, gen) for d in inner_data]
+                _, trace = adapt_with_trace(
+                    self.policy, theta, inner, lrs, s.inner_objective, s.first_order
+                )
+            return fisher_vector_product(self.policy, theta, adapted, trace, valid, s.cg_damping)
 
-        if s.hvp not in HVP_METHODS:
-            raise ValueError(f"unknown hvp method {s.hvp!r}; choose one of {HVP_METHODS}")
         return trpo_step(
             list(self.policy.parameters()),
             objective,

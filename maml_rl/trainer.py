@@ -120,13 +120,31 @@ class MAMLTrainer:
             )
         torch.manual_seed(config.seed)
         self.policy = make_policy(self.family, config).to(self.device)
-        self.sampler = sampler or VectorSampler(
-            self.env_id,
-            self.policy,
-            config.env_kwargs,
-            config.num_threads,
-            config.max_episode_steps,
-        )
+        if sampler is not None:
+            self.sampler = sampler
+        elif config.sampler == "ray":
+            from maml_rl.ray_sampler import RaySampler
+
+            self.sampler = RaySampler(
+                config.env_id,
+                self.policy,
+                config.env_kwargs,
+                config.num_threads,
+                config.max_episode_steps,
+                num_workers=config.num_workers,
+                address=config.ray_address,
+                max_retries=config.ray_max_retries,
+                timeout_s=config.ray_timeout_s,
+                imports=["envs", *([config.env_import] if config.env_import else [])],
+            )
+        else:
+            self.sampler = VectorSampler(
+                self.env_id,
+                self.policy,
+                config.env_kwargs,
+                config.num_threads,
+                config.max_episode_steps,
+            )
         self.learner = MetaLearner(
             self.policy,
             MetaLearnerSettings(

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from maml_rl.fisher import fisher_vector_product
+from maml_rl.fisher import adapt_with_trace, fisher_vector_product
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
 from maml_rl.policy import GaussianMLPPolicy
 from maml_rl.trpo import hessian_vector_product
@@ -30,18 +30,37 @@ def test_gauss_newton_product_equals_exact_kl_hessian(objective, first_order, in
     _, kl, _ = learner.surrogate_and_kl(inner, valid)
     params = list(policy.parameters())
     exact = hessian_vector_product(kl, params, damping=0.01)
-    fvp = fisher_vector_product(
-        policy,
-        policy.params(),
-        inner,
-        valid,
-        [0.3] * inner_steps,
-        objective,
-        first_order,
-        damping=0.01,
+    theta = policy.params()
+    adapted, trace = adapt_with_trace(
+        policy, theta, inner, [0.3] * inner_steps, objective, first_order
     )
+    fvp = fisher_vector_product(policy, theta, adapted, trace, valid, damping=0.01)
     for seed in range(3):
         v = torch.randn(
             sum(p.numel() for p in params), dtype=D, generator=torch.Generator().manual_seed(seed)
         )
         torch.testing.assert_close(fvp(v), exact(v), rtol=1e-7, atol=1e-9)
+
+
+def test_traced_adaptation_gives_the_same_meta_gradient():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (6,), "tanh").double()
+    inner = [_data(4, 7, 3, 2, seed=s) for s in range(2)]
+    valid = _data(4, 6, 3, 2, seed=100)
+    learner = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3))
+    params = list(policy.parameters())
+    loss, _, _ = learner.surrogate_and_kl(inner, valid)
+    expected = torch.autograd.grad(loss, params)
+    adapted, _ = adapt_with_trace(policy, policy.params(), inner, [0.3, 0.3], "reinforce", False)
+    loss2, _, _ = learner.surrogate_and_kl(inner, valid, adapted=adapted)
+    for a, b in zip(torch.autograd.grad(loss2, params), expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_subsampled_fisher_meta_step_stays_in_the_trust_region():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (6,), "tanh").double()
+    inner, valid = [_data(4, 40, 3, 2, seed=1)], _data(4, 40, 3, 2, seed=2)
+    learner = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3, cg_subsample=0.25))
+    res = learner.step(inner, valid, generator=torch.Generator().manual_seed(0))
+    assert res.accepted and res.kl <= 0.01 and res.loss_after < res.loss_before
