@@ -1,10 +1,11 @@
-"""The ``maml-rl`` command line: ``train`` (and ``presets``)."""
+"""The ``maml-rl`` command line: ``train``, ``evaluate``, ``baseline`` (and ``presets``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from maml_rl.config import ConfigError, load_config, preset_names
 
@@ -26,6 +27,173 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = train(config, stdout=not args.quiet)
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    runs = [*args.runs, *args.compare]
+    if not runs and not args.random_init:
+        raise ValueError("give a run folder or checkpoint to evaluate, or --random-init --config")
+    if args.video:
+        from maml_rl.video import configure_gl
+
+        configure_gl()  # before mujoco is imported
+    from maml_rl.evaluation import EvalSettings, Method, evaluate, load_method, random_policy
+
+    if len(args.label) > len(runs) + int(args.random_init):
+        raise ValueError(f"got {len(args.label)} labels for {len(runs)} runs")
+    labels = [*args.label, *([None] * (len(runs) + 1))]
+    methods = [load_method(path, label) for path, label in zip(runs, labels)]
+    if args.random_init:
+        if args.config is not None:
+            config = load_config(args.config, args.set)
+        elif methods:
+            config = methods[0].config
+        else:
+            raise ValueError("--random-init needs --config NAME (or a run to take the config from)")
+        methods.append(
+            Method(
+                labels[len(runs)] or "random init",
+                "random",
+                "random init",
+                config,
+                policy=random_policy(config),
+            )
+        )
+    seen: dict[str, int] = {}
+    for m in methods:
+        seen[m.label] = seen.get(m.label, 0) + 1
+    for m in methods:  # two runs of one kind: tell them apart by folder
+        if seen[m.label] > 1 and m.kind != "random":
+            m.label = f"{m.label} ({_folder(m.source).name})"
+    output = args.output
+    if output is None:
+        if runs:
+            output = _folder(runs[0]) / "evaluation"
+        else:
+            c = methods[0].config
+            env = c.env_id.split(":")[-1].replace("/", "-")
+            output = Path(c.log_dir) / f"{env}__random-init__{c.seed}" / "evaluation"
+    settings = EvalSettings(args.num_tasks, args.num_steps, args.env_steps, args.seed, args.alpha)
+    evaluate(
+        methods,
+        settings,
+        output,
+        plots=not args.no_plots,
+        video=args.video,
+        video_tasks=args.video_tasks,
+    )
+    return 0
+
+
+def _folder(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from maml_rl.baselines import train_oracle, train_pretrained
+
+    config = load_config(args.config, args.set)
+    if args.kind == "pretrained":
+        run_dir = train_pretrained(config, args.run_dir, args.timesteps, stdout=not args.quiet)
+    else:
+        run_dir = train_oracle(
+            config,
+            args.run_dir,
+            timesteps=args.timesteps or 1_000_000,
+            n_envs=args.n_envs,
+            stdout=not args.quiet,
+        )
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None = "navigation") -> None:
+    p.add_argument(
+        "--config",
+        default=default,
+        help=f"preset name ({', '.join(preset_names())}) or a YAML file",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set seed=2 inner_lr=0.5 device=cuda",
+    )
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="meta-test: adapt on held-out test tasks, report returns after 0..N steps",
+        description="The paper's protocol: test tasks from a fixed seed (never training's), "
+        "returns after 0..N policy-gradient steps (alpha, then alpha/2), fresh rollouts each "
+        "step. Prints a table; writes returns.json, returns.csv and plots to --output.",
+    )
+    p.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="MAML, pretrained or oracle run folders (or checkpoint files), plotted together",
+    )
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="more runs to compare")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="legend label of each run in order (repeat; default: its kind)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="also evaluate an untrained policy (from --config, else the first run's config)",
+    )
+    _add_config_args(p, default=None)
+    p.add_argument("--num-tasks", type=int, default=40, help="test tasks (default 40)")
+    p.add_argument("--num-steps", type=int, default=3, help="gradient steps (default 3)")
+    p.add_argument(
+        "--env-steps",
+        type=int,
+        default=4000,
+        help="env steps per gradient step; rollouts per task = ceil(env_steps / H) (default 4000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="test seed (default 0)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="first step size, later ones alpha/2 (default: the run's inner_lr)",
+    )
+    p.add_argument("--output", "-o", default=None, help="output folder (default: RUN/evaluation)")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG files")
+    p.add_argument(
+        "--video",
+        action="store_true",
+        help="render rollouts before/after adaptation (locomotion; needs EGL or OSMesa)",
+    )
+    p.add_argument("--video-tasks", type=int, default=2, help="tasks to render (default 2)")
+    p.set_defaults(func=_evaluate)
+
+
+def _add_baseline_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "baseline",
+        help="train a comparison method: pretrained (multi-task TRPO) or oracle (PPO + task)",
+    )
+    p.add_argument("--kind", required=True, choices=["pretrained", "oracle"])
+    _add_config_args(p)
+    p.add_argument(
+        "--timesteps",
+        type=int,
+        default=None,
+        help="env-step budget (oracle: PPO timesteps, default 1e6; pretrained: sets "
+        "num_iterations = ceil(N / (meta_batch_size * episodes_per_task * H)))",
+    )
+    p.add_argument("--n-envs", type=int, default=8, help="PPO environments (oracle)")
+    p.add_argument("--run-dir", default=None, help="run folder (default: log_dir/<generated>)")
+    p.add_argument("--quiet", action="store_true", help="no training table on stdout")
+    p.set_defaults(func=_baseline)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no per-iteration table on stdout")
     p.set_defaults(func=_train)
+    _add_evaluate_parser(sub)
+    _add_baseline_parser(sub)
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=lambda a: print("\n".join(preset_names())) or 0)
     return parser

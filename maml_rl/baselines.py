@@ -1,0 +1,248 @@
+"""The paper's comparison methods (Finn et al. 2017, section 5.3, Figure 5), as run folders.
+
+* ``pretrained``: one policy trained on tasks drawn from the family without meta-learning:
+  our MAML-TRPO learner with ``num_inner_steps=0``, whose objective is then exactly multi-task
+  TRPO on the pre-update batch (same tasks per iteration, rollouts, baseline and trust region).
+  At meta-test time it is fine-tuned with the same gradient steps as MAML.
+* ``random``: the same fine-tuning from an untrained policy (nothing to train; see
+  :func:`maml_rl.evaluation.random_policy`).
+* ``oracle``: stable-baselines3 PPO on observations with the task parameters
+  (``task.as_array()``) appended, a new task drawn from the family at every reset; evaluated
+  on the test tasks without adaptation.
+
+A baseline run folder holds ``config.yaml`` (the family's :class:`TrainConfig`) and
+``baseline.yaml`` (``kind`` and the training budget); ``load_method`` in
+:mod:`maml_rl.evaluation` reads both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+
+from maml_rl.config import TrainConfig, from_dict
+from maml_rl.sampler import make_batched_env, task_seeds
+from maml_rl.trainer import CONFIG_NAME, derive_seed, prepare_env, train
+
+BASELINE_NAME = "baseline.yaml"
+ORACLE_MODEL = "oracle.zip"
+KINDS = ("pretrained", "oracle")
+_ORACLE_TASKS = 3  # purpose mixed into the oracle's task-sampling seeds
+
+
+def run_kind(path: str | Path) -> str:
+    """``maml``, ``pretrained`` or ``oracle`` for a run folder or a checkpoint file in one."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    marker = folder / BASELINE_NAME
+    if marker.is_file():
+        return str(yaml.safe_load(marker.read_text())["kind"])
+    config = folder / CONFIG_NAME
+    if config.is_file() and (yaml.safe_load(config.read_text()) or {}).get("num_inner_steps") == 0:
+        return "pretrained"
+    return "maml"
+
+
+def _run_dir(config: TrainConfig, kind: str, run_dir: str | Path | None) -> Path:
+    if run_dir is not None:
+        return Path(run_dir)
+    env = config.env_id.split(":")[-1].replace("/", "-")
+    name = config.run_name or f"{env}__{kind}__{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
+    return Path(config.log_dir) / name
+
+
+def _write_marker(run_dir: Path, kind: str, **details: Any) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({"kind": kind, **details}, sort_keys=True)
+    (run_dir / BASELINE_NAME).write_text(text)
+
+
+# -- pretrained ----------------------------------------------------------------------------------
+def pretrained_iterations(config: TrainConfig, timesteps: int) -> int:
+    """Iterations that spend about ``timesteps`` env steps: ceil(N / (M K H)) (one batch each)."""
+    horizon = config.max_episode_steps or gym.spec(prepare_env(config)).max_episode_steps
+    per_iteration = config.meta_batch_size * config.episodes_per_task * int(horizon)
+    return max(1, math.ceil(timesteps / per_iteration))
+
+
+def train_pretrained(
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    timesteps: int | None = None,
+    stdout: bool = True,
+) -> Path:
+    """Multi-task TRPO (``num_inner_steps=0``) on the family; returns the run folder.
+
+    ``timesteps`` (optional) sets ``num_iterations`` from an env-step budget.
+    """
+    changes: dict[str, Any] = {"num_inner_steps": 0}
+    if timesteps is not None:
+        changes["num_iterations"] = pretrained_iterations(config, timesteps)
+    config = dataclasses.replace(config, **changes).validate()
+    folder = _run_dir(config, "pretrained", run_dir)
+    folder = train(config, folder, stdout=stdout)
+    _write_marker(folder, "pretrained", num_iterations=config.num_iterations)
+    return folder
+
+
+# -- oracle --------------------------------------------------------------------------------------
+class TaskObservationWrapper(gym.ObservationWrapper):
+    """Appends the task parameters to the observation: o' = [o, task.as_array()].
+
+    At every reset the task is drawn from the family with ``rng`` (training over the family), or
+    set to ``task`` when one is given (evaluation on a fixed task).
+    """
+
+    def __init__(
+        self, env: gym.Env, rng: np.random.Generator | None = None, task: Any = None
+    ) -> None:
+        super().__init__(env)
+        self.family = env.unwrapped
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.fixed_task = task
+        self.task = task if task is not None else self.family.sample_tasks(1, self.rng)[0]
+        obs_space = env.observation_space
+        dim = np.asarray(self.task.as_array()).shape[0]
+        low = np.concatenate([obs_space.low, np.full(dim, -np.inf)]).astype(np.float32)
+        high = np.concatenate([obs_space.high, np.full(dim, np.inf)]).astype(np.float32)
+        self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        if self.fixed_task is None:
+            self.task = self.family.sample_tasks(1, self.rng)[0]
+        obs, info = self.env.reset(seed=seed, options={**(options or {}), "task": self.task})
+        return self.observation(obs), info
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        task = np.asarray(self.task.as_array())
+        return np.concatenate([observation, task]).astype(np.float32)
+
+
+def make_oracle_env(config: TrainConfig, index: int = 0, task: Any = None) -> gym.Env:
+    """A single family env with the task appended to its observations (see the wrapper)."""
+    env_id = prepare_env(config)
+    kwargs = dict(config.env_kwargs)
+    if config.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = config.max_episode_steps
+    rng = np.random.default_rng(derive_seed(config.seed, index, _ORACLE_TASKS))
+    return TaskObservationWrapper(gym.make(env_id, **kwargs), rng=rng, task=task)
+
+
+def train_oracle(
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    timesteps: int = 1_000_000,
+    n_envs: int = 8,
+    stdout: bool = True,
+    ppo_kwargs: dict[str, Any] | None = None,
+) -> Path:
+    """stable-baselines3 PPO over the family with the task in the observation; returns the folder.
+
+    PPO uses SB3's defaults (lr 3e-4, 10 epochs, clip 0.2, GAE lambda 0.95) with the config's
+    gamma and hidden sizes (tanh, separate policy and value networks), ``n_envs`` environments
+    and ``n_steps = min(2048, timesteps // n_envs)`` per rollout; ``ppo_kwargs`` override.
+    SB3's logger writes ``progress.csv`` and TensorBoard events into the folder.
+    """
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    folder = _run_dir(config, "oracle", run_dir)
+    if (folder / ORACLE_MODEL).exists():
+        raise FileExistsError(f"{folder} already holds an oracle")
+    folder.mkdir(parents=True, exist_ok=True)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    venv = DummyVecEnv([lambda i=i: make_oracle_env(config, i) for i in range(n_envs)])
+    n_steps = max(8, min(2048, timesteps // n_envs))
+    settings: dict[str, Any] = {
+        "n_steps": n_steps,
+        "batch_size": min(64, n_steps * n_envs),
+        "gamma": config.gamma,
+        "policy_kwargs": {
+            "net_arch": {"pi": list(config.hidden_sizes), "vf": list(config.hidden_sizes)}
+        },
+    }
+    settings.update(ppo_kwargs or {})
+    model = PPO("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **settings)
+    outputs = ["csv", "tensorboard", *(["stdout"] if stdout else [])]
+    model.set_logger(configure(str(folder), outputs))
+    (folder / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+    model.learn(total_timesteps=timesteps, progress_bar=False)
+    model.save(folder / ORACLE_MODEL)
+    venv.close()
+    _write_marker(
+        folder,
+        "oracle",
+        algorithm="stable-baselines3 PPO",
+        timesteps=int(model.num_timesteps),
+        n_envs=n_envs,
+        ppo={k: v for k, v in settings.items() if k != "policy_kwargs"},
+        hidden_sizes=list(config.hidden_sizes),
+    )
+    return folder
+
+
+def load_oracle(path: str | Path) -> tuple[Any, TrainConfig]:
+    """The PPO model and family config of an oracle run folder (or its ``oracle.zip``)."""
+    from stable_baselines3 import PPO
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    model_path = folder / ORACLE_MODEL
+    if not model_path.is_file():
+        raise FileNotFoundError(f"no oracle model at {model_path}")
+    config = from_dict(yaml.safe_load((folder / CONFIG_NAME).read_text())).validate()
+    return PPO.load(model_path, device="cpu"), config
+
+
+def evaluate_oracle(
+    model: Any, config: TrainConfig, tasks: Sequence[Any], episodes_per_task: int, seed: int
+) -> np.ndarray:
+    """Mean return of ``episodes_per_task`` rollouts per task, all tasks in one batched env.
+
+    Actions are sampled from the PPO policy (``deterministic=False``, like every other method)
+    and clipped to the action space; initial states come from the same per-task seeds as the
+    sampler's. Returns ``[N]``.
+    """
+    env_id = prepare_env(config)
+    horizon = int(config.max_episode_steps or gym.spec(env_id).max_episode_steps)
+    k, n_tasks = int(episodes_per_task), len(tasks)
+    env = make_batched_env(env_id, n_tasks * k, config.env_kwargs, config.num_threads)
+    seeds = task_seeds(seed, n_tasks)
+    env_seeds = [int(x) for s in seeds for x in np.random.SeedSequence(s).generate_state(k)]
+    per_env = [t for t in tasks for _ in range(k)]
+    task_arr = np.repeat(np.stack([np.asarray(t.as_array()) for t in tasks]), k, axis=0)
+    try:
+        if isinstance(env, gym.vector.SyncVectorEnv):
+            for sub_env, task in zip(env.envs, per_env):
+                sub_env.unwrapped.reset_task(task)
+            obs, _ = env.reset(seed=env_seeds)
+        else:
+            obs, _ = env.reset(seed=env_seeds, options={"tasks": per_env})
+        total = np.zeros(n_tasks * k)
+        finished = np.zeros(n_tasks * k, dtype=bool)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for _ in range(horizon):
+                aug = np.concatenate([obs, task_arr], axis=1).astype(np.float32)
+                actions, _ = model.predict(aug, deterministic=False)
+                obs, reward, terminated, truncated, _ = env.step(actions)
+                total += np.where(finished, 0.0, reward)
+                finished |= np.asarray(terminated) | np.asarray(truncated)
+                if finished.all():
+                    break
+    finally:
+        env.close()
+    return total.reshape(n_tasks, k).mean(axis=1)

@@ -1,0 +1,114 @@
+"""Figures of a meta-test evaluation (matplotlib, Agg backend; no display needed).
+
+* :func:`plot_returns`: mean return over the test tasks (± standard error) against the number of
+  gradient steps, one line per method, an oracle as a horizontal line (Finn et al. 2017, Fig. 5).
+* :func:`plot_trajectories`: 2D-navigation paths before and after adaptation with the goals
+  marked (Finn et al. 2017, Fig. 4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+if TYPE_CHECKING:
+    from maml_rl.evaluation import EvaluationReport, MethodResult
+
+_COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray"}
+_ORACLE_COLOR = "tab:green"
+
+
+def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
+    """Return vs gradient steps with standard-error bars; oracles as dashed horizontal lines."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    steps = np.arange(report.settings.num_steps + 1)
+    for r in report.results:
+        if r.kind == "oracle":
+            m, e = float(r.mean[0]), float(r.stderr[0])
+            ax.axhline(m, color=_ORACLE_COLOR, linestyle="--", label=f"{r.label} (no adaptation)")
+            ax.axhspan(m - e, m + e, color=_ORACLE_COLOR, alpha=0.15, linewidth=0)
+            continue
+        ax.errorbar(
+            steps[: len(r.mean)],
+            r.mean,
+            yerr=r.stderr,
+            marker="o",
+            capsize=4,
+            color=_COLORS.get(r.kind),
+            label=r.label,
+        )
+    ax.set_xticks(steps)
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return (mean ± s.e. over tasks)")
+    ax.set_title(
+        f"{report.env_id}: {report.settings.num_tasks} test tasks, "
+        f"{report.episodes_per_task} rollouts per step"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_trajectories(
+    report: EvaluationReport,
+    result: MethodResult,
+    path: str | Path,
+    num_tasks: int = 4,
+    episodes: int = 2,
+) -> Path:
+    """Paths (the observed positions) of the first ``num_tasks`` test tasks before adaptation,
+    after one step and after the last step; goal as a star, start as a dot."""
+    steps = sorted({0, min(1, len(result.rollouts) - 1), len(result.rollouts) - 1})
+    styles = {0: ("tab:gray", "--")}
+    palette = ["tab:blue", "tab:red"]
+    n = min(num_tasks, len(report.tasks))
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.7), layout="constrained", squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        goal = np.asarray(report.tasks[i].as_array())
+        for s_index, j in enumerate(steps):
+            obs, mask = result.rollouts[j]
+            color, style = styles.get(j, (palette[min(s_index - 1, 1)], "-"))
+            name = "pre-update" if j == 0 else f"{j} step{'s' if j > 1 else ''}"
+            for k in range(min(episodes, obs.shape[2])):
+                valid = mask[:, i, k] > 0
+                xy = obs[valid, i, k, :2]
+                ax.plot(
+                    xy[:, 0],
+                    xy[:, 1],
+                    style,
+                    color=color,
+                    linewidth=1.3,
+                    alpha=0.9,
+                    label=name if k == 0 else None,
+                )
+        ax.plot(
+            *goal[:2],
+            marker="*",
+            markersize=14,
+            color="gold",
+            markeredgecolor="k",
+            linestyle="none",
+            label="goal",
+        )
+        ax.plot(0, 0, marker="o", color="k", markersize=4, linestyle="none", label="start")
+        ax.set_title(f"task {i}: goal ({goal[0]:.2f}, {goal[1]:.2f})", fontsize=9)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("x")
+        if i == 0:
+            ax.set_ylabel("y")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{result.label} on {report.env_id}: paths before and after adaptation")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
