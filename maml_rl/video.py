@@ -176,7 +176,8 @@ def write_videos(
                 env, result.policy, _task_params(after, i), task, seed
             )
             pre = [_label(f, f"pre-update  return {pre_return:.1f}") for f in pre]
-            post = [_label(f, f"{steps} steps  return {post_return:.1f}") for f in post]
+            after_text = f"after {steps} step{'s' if steps != 1 else ''}"
+            post = [_label(f, f"{after_text}  return {post_return:.1f}") for f in post]
             name = "_".join(f"{x:g}" for x in np.asarray(task.as_array()))
             path = out / f"task{i}_{name}.{fmt}"
             frames = np.stack(_side_by_side(pre, post))

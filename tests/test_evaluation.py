@@ -1,0 +1,271 @@
+"""Meta-test evaluation, baselines, plots and videos (tiny budgets; navigation unless noted)."""
+
+import json
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import envs  # noqa: F401  (registers the families)
+from maml_rl.adaptation import inner_loss
+from maml_rl.advantages import compute_advantages
+from maml_rl.baselines import TaskObservationWrapper, make_oracle_env, run_kind
+from maml_rl.batch import loss_inputs
+from maml_rl.checkpoint import load_checkpoint
+from maml_rl.cli import main
+from maml_rl.config import TrainConfig
+from maml_rl.evaluation import (
+    EvalSettings,
+    EvaluationReport,
+    Method,
+    MethodResult,
+    adapt_and_evaluate,
+    episodes_per_task,
+    evaluate,
+    format_table,
+    load_method,
+    random_policy,
+    sample_test_tasks,
+    step_sizes,
+)
+from maml_rl.sampler import VectorSampler
+from maml_rl.trainer import derive_seed, train
+
+TINY = ["meta_batch_size=4", "episodes_per_task=4", "hidden_sizes=[16,16]", "num_iterations=1"]
+
+
+def _config(**overrides) -> TrainConfig:
+    values = dict(
+        meta_batch_size=4,
+        episodes_per_task=4,
+        hidden_sizes=[16, 16],
+        num_iterations=1,
+        progress_bar=False,
+        inner_lr=0.5,
+        seed=5,
+    )
+    values.update(overrides)
+    return TrainConfig(**values).validate()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train(_config(), tmp_path_factory.mktemp("eval") / "run", stdout=False)
+
+
+def test_step_sizes_and_rollouts_per_task():
+    assert step_sizes(0.1, 3) == [0.1, 0.05, 0.05]
+    assert step_sizes(0.5, 1) == [0.5]
+    assert step_sizes(0.5, 0) == []
+    assert episodes_per_task(4000, 100) == 40
+    assert episodes_per_task(4000, 200) == 20
+    assert episodes_per_task(150, 100) == 2
+
+
+def test_evaluation_writes_files_and_a_finite_table(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    settings = EvalSettings(num_tasks=4, num_steps=2, env_steps=300, seed=1)
+    report = evaluate([load_method(run_dir)], settings, out)
+    table = capsys.readouterr().out
+    assert "2 steps" in table and "MAML" in table and "nan" not in table
+    for name in ("returns.json", "returns.csv", "returns.png", "trajectories.png"):
+        assert (out / name).is_file(), name
+    for name in ("returns.png", "trajectories.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "returns.json").read_text())
+    assert data["episodes_per_task"] == 3 and data["num_tasks"] == 4
+    (method,) = data["methods"]
+    assert method["kind"] == "maml" and method["step_sizes"] == [0.5, 0.25]
+    returns = np.array(method["returns"])
+    assert returns.shape == (3, 4) and np.isfinite(returns).all()
+    assert np.allclose(method["mean"], returns.mean(1))
+    assert np.allclose(method["stderr"], returns.std(1, ddof=1) / 2.0)
+    rows = (out / "returns.csv").read_text().splitlines()
+    assert rows[0] == "method,kind,step,task_index,task,return" and len(rows) == 1 + 3 * 4
+    assert report.results[0].returns.shape == (3, 4)
+    assert format_table(report).splitlines()[-1].count("±") == 3
+
+
+def test_adapted_params_follow_alpha_then_half_alpha(run_dir):
+    """Recompute every step by hand: theta_{j+1,i} = theta_{j,i} - alpha_j grad L_i(theta_{j,i})
+    with alpha_0 = alpha and alpha_j = alpha / 2 after, on the same seeded rollouts."""
+    method = load_method(run_dir)
+    config = method.config
+    settings = EvalSettings(num_tasks=3, num_steps=2, env_steps=200, seed=2, alpha=0.3)
+    tasks = sample_test_tasks(config, 3, 2)
+    _, schedule, _, history = adapt_and_evaluate(method.policy, config, tasks, settings, True)
+    assert schedule == [0.3, 0.15]
+    sampler = VectorSampler(config.env_id, method.policy)
+    k = episodes_per_task(200, 100)
+    for j, lr in enumerate([0.3, 0.15]):
+        batch = sampler.sample(tasks, history[j], k, derive_seed(2, 2**31 - 1, 1 + j))
+        adv = compute_advantages(
+            batch.observations, batch.rewards, batch.mask, config.gamma, config.gae_lambda, True
+        )
+        data = loss_inputs(batch, adv)
+        for i in range(3):
+            theta = {
+                name: (p[i] if p.dim() > method.policy.params()[name].dim() else p)
+                .detach()
+                .clone()
+                .requires_grad_(True)
+                for name, p in history[j].items()
+            }
+            one = type(data)(*(x[i] for x in data))
+            loss = inner_loss(method.policy, theta, one)
+            grads = torch.autograd.grad(loss, list(theta.values()))
+            for (name, p), g in zip(theta.items(), grads):
+                expected = p.detach() - lr * g
+                assert torch.allclose(history[j + 1][name][i], expected, atol=1e-5), (j, name)
+    sampler.close()
+
+
+def test_test_tasks_are_fixed_and_disjoint_from_training(run_dir):
+    config = load_method(run_dir).config
+    a = sample_test_tasks(config, 40, seed=0)
+    assert a == sample_test_tasks(config, 40, seed=0)
+    assert a != sample_test_tasks(config, 40, seed=1)
+    family = gym.make(config.env_id).unwrapped
+    for train_seed in (0, config.seed):  # also when the test seed equals the training seed
+        test = set(sample_test_tasks(config, 40, seed=train_seed))
+        for iteration in range(200):
+            rng = np.random.default_rng(derive_seed(train_seed, iteration, 0))
+            assert test.isdisjoint(family.sample_tasks(config.meta_batch_size, rng))
+
+
+def test_families_must_match(run_dir):
+    cheetah = _config(env_id="MAML/HalfCheetahVel-v0")
+    methods = [
+        load_method(run_dir),
+        Method("x", "random", "x", cheetah, policy=random_policy(cheetah)),
+    ]
+    with pytest.raises(ValueError, match="not of MAML/Navigation2D-v0"):
+        evaluate(methods, EvalSettings(num_tasks=2, num_steps=1, env_steps=100), stdout=False)
+
+
+def test_oracle_wrapper_appends_and_resamples_the_task():
+    env = make_oracle_env(_config(), index=0)
+    assert isinstance(env, TaskObservationWrapper) and env.observation_space.shape == (4,)
+    goals = []
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        assert np.allclose(obs[2:], env.task.as_array()) and env.unwrapped.task == env.task
+        goals.append(env.task)
+        obs, *_ = env.step(env.action_space.sample())
+        assert np.allclose(obs[2:], goals[-1].as_array())
+    assert len(set(goals)) == 3
+
+
+def test_baseline_cli_and_comparison(run_dir, tmp_path, capsys):
+    pre, oracle, out = tmp_path / "pre", tmp_path / "oracle", tmp_path / "cmp"
+    common = ["--config", "navigation", "--quiet", "--set", *TINY, "progress_bar=false"]
+    assert main(["baseline", "--kind", "pretrained", "--run-dir", str(pre), *common]) == 0
+    assert run_kind(pre) == "pretrained"
+    assert load_checkpoint(pre)["config"]["num_inner_steps"] == 0
+    args = ["--timesteps", "256", "--n-envs", "2", "--run-dir", str(oracle)]
+    assert main(["baseline", "--kind", "oracle", *args, *common]) == 0
+    assert run_kind(oracle) == "oracle" and (oracle / "oracle.zip").is_file()
+    marker = yaml.safe_load((oracle / "baseline.yaml").read_text())
+    assert marker["timesteps"] >= 256 and (oracle / "progress.csv").is_file()
+    capsys.readouterr()
+    argv = ["evaluate", str(run_dir), str(pre), "--compare", str(oracle), "--random-init"]
+    argv += ["--num-tasks", "3", "--num-steps", "1", "--env-steps", "200", "-o", str(out)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in ("MAML", "pretrained", "oracle", "random init"))
+    data = json.loads((out / "returns.json").read_text())
+    kinds = {m["kind"]: m for m in data["methods"]}
+    assert set(kinds) == {"maml", "pretrained", "oracle", "random"}
+    assert len(kinds["oracle"]["returns"]) == 1 and len(kinds["maml"]["returns"]) == 2
+    assert all(math.isfinite(x) for m in data["methods"] for row in m["returns"] for x in row)
+    assert (out / "returns.png").is_file() and (out / "trajectories_pretrained.png").is_file()
+
+
+def test_cli_errors_are_messages(tmp_path, capsys):
+    assert main(["evaluate"]) == 2
+    assert "give a run folder" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def _fake_report(env_id: str, config: TrainConfig) -> tuple[EvaluationReport, MethodResult]:
+    policy = random_policy(config)
+    tasks = sample_test_tasks(config, 1, 0)
+    theta = {k: v.detach() for k, v in policy.params().items()}
+    result = MethodResult("MAML", "maml", "x", np.zeros((2, 1)), [0.1], policy=policy)
+    result.params = [theta, {k: v[None] for k, v in theta.items()}]
+    report = EvaluationReport(env_id, EvalSettings(1, 1), 200, 1, tasks, [result])
+    return report, result
+
+
+def test_video_skips_with_a_message_without_renderer(tmp_path, monkeypatch):
+    import maml_rl.video as video
+
+    def no_gl(*args, **kwargs):
+        raise RuntimeError("no OpenGL context")
+
+    monkeypatch.setattr(video, "make_render_env", no_gl)
+    config = _config(env_id="MAML/HalfCheetahVel-v0")
+    report, result = _fake_report("MAML/HalfCheetahVel-v0", config)
+    written, message = video.write_videos(report, result, config, tmp_path / "v")
+    assert written == [] and "no MuJoCo offscreen renderer" in message
+    assert "libosmesa6" in message and "no OpenGL context" in message
+    assert not (tmp_path / "v").exists()
+    nav = _config()
+    report, result = _fake_report("MAML/Navigation2D-v0", nav)
+    assert "skipped" in video.write_videos(report, result, nav, tmp_path / "v")[1]
+
+
+def test_video_flag_on_navigation_prints_a_skip(run_dir, tmp_path, capsys):
+    argv = ["evaluate", str(run_dir), "--num-tasks", "2", "--num-steps", "1"]
+    argv += ["--env-steps", "100", "--no-plots", "--video", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    assert "video: skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_video_renders_when_a_renderer_exists(tmp_path):
+    import subprocess
+    import sys
+
+    from maml_rl.video import GL_BACKENDS, probe_gl
+
+    backend = next((b for b in GL_BACKENDS if probe_gl(b)), None)
+    if backend is None:
+        pytest.skip("no EGL/OSMesa renderer on this machine")
+    argv = ["evaluate", "--random-init", "--config", "halfcheetah-vel"]
+    argv += ["--set", "hidden_sizes=[16,16]", "--num-tasks", "1", "--num-steps", "1"]
+    argv += ["--env-steps", "200", "--no-plots", "--video", "--video-tasks", "1"]
+    argv += ["-o", str(tmp_path)]
+    code = "import sys; from maml_rl.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**__import__("os").environ, "MUJOCO_GL": backend}
+    done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    videos = list((tmp_path / "videos").iterdir())
+    assert len(videos) == 1 and videos[0].stat().st_size > 10_000
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "navigation"
+
+
+@pytest.mark.slow
+def test_committed_navigation_policy_reaches_its_recorded_return(tmp_path):
+    recorded_path = RESULTS / "evaluation" / "returns.json"
+    if not (RESULTS / "checkpoint.pt").is_file() or not recorded_path.is_file():
+        pytest.skip("results/navigation (policy and evaluation/returns.json) not committed yet")
+    recorded = json.loads(recorded_path.read_text())
+    maml = next(m for m in recorded["methods"] if m["kind"] == "maml")
+    settings = EvalSettings(
+        recorded["num_tasks"],
+        1,
+        recorded["env_steps_per_step"],
+        recorded["seed"],
+        alpha=maml["step_sizes"][0],
+    )
+    report = evaluate([load_method(RESULTS)], settings, plots=False, stdout=False)
+    margin = max(2.0 * maml["stderr"][1], 0.5)
+    assert report.results[0].mean[1] >= maml["mean"][1] - margin
