@@ -156,6 +156,7 @@ def train_oracle(
     """
     from stable_baselines3 import PPO
     from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     folder = _run_dir(config, "oracle", run_dir)
@@ -164,7 +165,7 @@ def train_oracle(
     folder.mkdir(parents=True, exist_ok=True)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    venv = DummyVecEnv([lambda i=i: make_oracle_env(config, i) for i in range(n_envs)])
+    venv = DummyVecEnv([lambda i=i: Monitor(make_oracle_env(config, i)) for i in range(n_envs)])
     n_steps = max(8, min(2048, timesteps // n_envs))
     settings: dict[str, Any] = {
         "n_steps": n_steps,
@@ -208,13 +209,18 @@ def load_oracle(path: str | Path) -> tuple[Any, TrainConfig]:
 
 
 def evaluate_oracle(
-    model: Any, config: TrainConfig, tasks: Sequence[Any], episodes_per_task: int, seed: int
+    model: Any,
+    config: TrainConfig,
+    tasks: Sequence[Any],
+    episodes_per_task: int,
+    seed: int,
+    deterministic: bool = False,
 ) -> np.ndarray:
     """Mean return of ``episodes_per_task`` rollouts per task, all tasks in one batched env.
 
-    Actions are sampled from the PPO policy (``deterministic=False``, like every other method)
-    and clipped to the action space; initial states come from the same per-task seeds as the
-    sampler's. Returns ``[N]``.
+    Actions are sampled from the PPO policy, like every other method's (``deterministic``: its
+    mean action instead), and clipped to the action space; initial states come from the same
+    per-task seeds as the sampler's. Returns ``[N]``.
     """
     env_id = prepare_env(config)
     horizon = int(config.max_episode_steps or gym.spec(env_id).max_episode_steps)
@@ -237,7 +243,7 @@ def evaluate_oracle(
             torch.manual_seed(seed)
             for _ in range(horizon):
                 aug = np.concatenate([obs, task_arr], axis=1).astype(np.float32)
-                actions, _ = model.predict(aug, deterministic=False)
+                actions, _ = model.predict(aug, deterministic=deterministic)
                 obs, reward, terminated, truncated, _ = env.step(actions)
                 total += np.where(finished, 0.0, reward)
                 finished |= np.asarray(terminated) | np.asarray(truncated)

@@ -43,6 +43,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"got {len(args.label)} labels for {len(runs)} runs")
     labels = [*args.label, *([None] * (len(runs) + 1))]
     methods = [load_method(path, label) for path, label in zip(runs, labels)]
+    for m in methods:
+        if m.kind == "oracle" and args.oracle_deterministic:
+            m.deterministic = True
+            m.label = m.label if m.label != "oracle" else "oracle (mean action)"
     if args.random_init:
         if args.config is not None:
             config = load_config(args.config, args.set)
@@ -166,6 +170,11 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         help="first step size, later ones alpha/2 (default: the run's inner_lr)",
     )
     p.add_argument("--output", "-o", default=None, help="output folder (default: RUN/evaluation)")
+    p.add_argument(
+        "--oracle-deterministic",
+        action="store_true",
+        help="oracle runs act with their mean action (default: sampled, like every method)",
+    )
     p.add_argument("--no-plots", action="store_true", help="write no PNG files")
     p.add_argument(
         "--video",

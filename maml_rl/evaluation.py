@@ -212,6 +212,8 @@ class Method:
     policy: GaussianMLPPolicy | None = None
     oracle: Any = None
     """A stable-baselines3 model taking observation + task parameters."""
+    deterministic: bool = False
+    """Oracle only: act with the mean action instead of sampling."""
 
 
 DEFAULT_LABELS = {
@@ -244,7 +246,12 @@ def evaluate_method(
 
         k = episodes_per_task(settings.env_steps, horizon_of(method.config))
         returns = evaluate_oracle(
-            method.oracle, method.config, tasks, k, _rollout_seed(settings.seed, 0)
+            method.oracle,
+            method.config,
+            tasks,
+            k,
+            _rollout_seed(settings.seed, 0),
+            method.deterministic,
         )
         return MethodResult(method.label, method.kind, method.source, returns[None, :])
     assert method.policy is not None

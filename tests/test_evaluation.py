@@ -183,6 +183,10 @@ def test_baseline_cli_and_comparison(run_dir, tmp_path, capsys):
     assert len(kinds["oracle"]["returns"]) == 1 and len(kinds["maml"]["returns"]) == 2
     assert all(math.isfinite(x) for m in data["methods"] for row in m["returns"] for x in row)
     assert (out / "returns.png").is_file() and (out / "trajectories_pretrained.png").is_file()
+    argv = ["evaluate", str(oracle), "--oracle-deterministic", "--num-tasks", "2"]
+    assert main([*argv, "--env-steps", "100", "-o", str(tmp_path / "det")]) == 0
+    assert "oracle (mean action)" in capsys.readouterr().out
+    assert (oracle / "progress.csv").read_text().count("rollout/ep_rew_mean") == 1
 
 
 def test_cli_errors_are_messages(tmp_path, capsys):
