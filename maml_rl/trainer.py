@@ -3,6 +3,7 @@ rollouts each, sample post-update rollouts, meta-update with TRPO; log, checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import time
@@ -148,16 +149,7 @@ class MAMLTrainer:
         self.learner = MetaLearner(
             self.policy,
             MetaLearnerSettings(
-                inner_lr=config.inner_lr,
-                inner_objective=config.inner_objective,
-                first_order=config.first_order,
-                max_kl=config.max_kl,
-                cg_iters=config.cg_iters,
-                cg_damping=config.cg_damping,
-                ls_backtrack_ratio=config.ls_backtrack_ratio,
-                ls_max_steps=config.ls_max_steps,
-                hvp=config.hvp,
-                cg_subsample=config.cg_subsample,
+                **{f.name: getattr(config, f.name) for f in dataclasses.fields(MetaLearnerSettings)}
             ),
         )
         self.iteration = 0  # completed meta-iterations
