@@ -17,7 +17,6 @@ from maml_rl.adaptation import INNER_OBJECTIVES
 from maml_rl.meta_learner import HVP_METHODS
 from maml_rl.policy import NONLINEARITIES
 
-
 SAMPLERS = ("vector", "ray")
 
 
@@ -90,6 +89,8 @@ class TrainConfig:
     """torch intra-op threads (None: torch's default)."""
     checkpoint_every: int = 10
     """Write a checkpoint every this many iterations (and at the end and on Ctrl-C)."""
+    keep_checkpoints: bool = False
+    """Also keep a copy of every periodic checkpoint as ``checkpoints/iteration_NNNNN.pt``."""
     log_dir: str = "runs"
     """Parent folder of run directories."""
     run_name: str | None = None

@@ -31,7 +31,15 @@ from maml_rl.trpo import TRPOResult
 
 CONFIG_NAME = "config.yaml"
 RESUMABLE_KEYS = frozenset(
-    {"num_iterations", "checkpoint_every", "progress_bar", "device", "num_threads", "torch_threads"}
+    {
+        "num_iterations",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "progress_bar",
+        "device",
+        "num_threads",
+        "torch_threads",
+    }
 )
 
 
@@ -335,7 +343,11 @@ def train(
                     pre=f"{it.pre_returns.mean():.1f}", post=f"{it.post_returns.mean():.1f}"
                 )
             if trainer.iteration % config.checkpoint_every == 0:
-                save_checkpoint(ckpt, trainer.state_dict())
+                state = trainer.state_dict()
+                save_checkpoint(ckpt, state)
+                if config.keep_checkpoints:
+                    name = f"iteration_{trainer.iteration:05d}.pt"
+                    save_checkpoint(run_dir / "checkpoints" / name, state)
             if not math.isfinite(float(it.post_returns.mean())):
                 raise FloatingPointError("post-adaptation return is not finite")
     except BaseException as err:
