@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -269,6 +271,18 @@ def _log_iteration(logger, trainer: MAMLTrainer, it: IterationResult, wall: floa
     logger.dump(trainer.iteration)
 
 
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM (a scheduler's stop) raise KeyboardInterrupt, so the run checkpoints as on
+    Ctrl-C; returns the previous handler (None when not in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def train(
     config: TrainConfig | None,
     run_dir: str | Path | None = None,
@@ -280,7 +294,7 @@ def train(
     """Train (or resume, with ``resume=True`` and an existing ``run_dir``); returns the run dir.
 
     Checkpoints (``checkpoint.pt``) are written atomically every ``checkpoint_every``
-    iterations, at the end, on Ctrl-C and on errors (the last completed iteration; the
+    iterations, at the end, on Ctrl-C or SIGTERM and on errors (the last completed iteration; the
     exception is re-raised). A resumed run may change only :data:`RESUMABLE_KEYS`.
     """
     if resume:
@@ -323,6 +337,7 @@ def train(
             desc="meta-iter",
             dynamic_ncols=True,
         )
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         while trainer.iteration < config.num_iterations:
             snapshot = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
@@ -356,6 +371,8 @@ def train(
         print(f"\n{what}: checkpoint of iteration {trainer.iteration} saved in {run_dir}")
         raise
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if progress is not None:
             progress.close()
         logger.close()

@@ -108,3 +108,41 @@ def test_short_navigation_training_improves_post_adaptation_return(tmp_path):
 def test_trainer_rejects_a_family_without_tasks():
     with pytest.raises(ValueError, match="not a task family"):
         MAMLTrainer(_config(env_id="Pendulum-v1"))
+
+
+def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "term"
+    cmd = [
+        sys.executable,
+        "-m",
+        "maml_rl.cli",
+        "train",
+        "--quiet",
+        "--set",
+        "num_iterations=1000",
+        "meta_batch_size=2",
+        "episodes_per_task=2",
+        "hidden_sizes=[8]",
+        "checkpoint_every=1000",
+        "progress_bar=false",
+        f"log_dir={tmp_path}",
+        "run_name=term",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        csv_path = run / "progress.csv"
+        if csv_path.is_file() and len(csv_path.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    state = load_checkpoint(run)
+    assert 2 <= state["iteration"] < 1000
+    assert "checkpoint of iteration" in out
