@@ -12,8 +12,8 @@ class EpisodeBatch(NamedTuple):
     """K episodes for each of M tasks, padded to T steps (time-major).
 
     Attributes:
-        observations: ``[T, M, K, obs_dim]`` observation s_t before the action.
-        actions: ``[T, M, K, act_dim]`` the sampled (unclipped) Gaussian actions.
+        observations: ``[T, M, K, obs_dim]`` observation s_t before the action, 0 at padded steps.
+        actions: ``[T, M, K, act_dim]`` the sampled (unclipped) Gaussian actions, 0 at padded steps.
         rewards: ``[T, M, K]`` r_t, 0 at padded steps.
         mask: ``[T, M, K]`` 1.0 at valid steps, 0.0 after an episode ended.
         episode_returns: ``[M, K]`` undiscounted return of each episode.

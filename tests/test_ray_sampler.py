@@ -1,0 +1,263 @@
+"""The Ray sampler returns the local sampler's batches, on one or two (simulated) nodes, through
+worker deaths; it fails clearly when it cannot go on. One two-node Ray cluster serves the module."""
+
+import csv
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+import envs  # noqa: E402, F401  (registers the families)
+from maml_rl.config import TrainConfig  # noqa: E402
+from maml_rl.policy import GaussianMLPPolicy, replicate  # noqa: E402
+from maml_rl.ray_sampler import RaySampler, import_ray, shard_indices  # noqa: E402
+from maml_rl.sampler import VectorSampler  # noqa: E402
+from maml_rl.trainer import train  # noqa: E402
+
+NAV = "MAML/Navigation2D-v0"
+CHEETAH = "MAML/HalfCheetahVel-v0"
+
+
+def assert_same_batch(a, b):
+    for name, x, y in zip(a._fields, a, b):
+        assert x.shape == y.shape and x.dtype == y.dtype, name
+        assert torch.equal(x, y), name
+
+
+def nav_setup(num_tasks=4):
+    """A linear policy steering each task to its goal: episodes end at different steps."""
+    policy = GaussianMLPPolicy(2, 2, (), init_std=0.01)
+    tasks = gym.make(NAV).unwrapped.sample_tasks(num_tasks, np.random.default_rng(0))
+    goals = torch.tensor([[t.x, t.y] for t in tasks], dtype=torch.float32)
+    params = {
+        "layers.0.weight": -torch.eye(2).expand(num_tasks, 2, 2).clone(),
+        "layers.0.bias": goals,
+        "log_std": torch.full((num_tasks, 2), -4.0),
+    }
+    return policy, tasks, params
+
+
+def cheetah_setup(num_tasks=4):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(17, 6, (16,))
+    tasks = gym.make(CHEETAH).unwrapped.sample_tasks(num_tasks, np.random.default_rng(0))
+    params = {
+        k: v.detach() + 0.01 * torch.randn_like(v)
+        for k, v in replicate(policy.params(), num_tasks).items()
+    }
+    return policy, tasks, params
+
+
+# -- without a cluster (these run before the module's cluster starts) ----------------------------
+def test_without_ray_installed_the_error_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[ray\]"'):
+        import_ray()
+    with pytest.raises(ImportError, match=r"\.\[ray\]"):
+        RaySampler(NAV, GaussianMLPPolicy(2, 2, (8,)))
+
+
+def test_unreachable_cluster_is_a_clear_error():
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"cannot reach the cluster at ray_address='127\.0\."):
+        RaySampler(NAV, GaussianMLPPolicy(2, 2, (8,)), address="127.0.0.1:9")
+    with pytest.raises(RuntimeError, match="not of the form host:port"):
+        RaySampler(NAV, GaussianMLPPolicy(2, 2, (8,)), address="nowhere")
+    assert time.monotonic() - start < 30
+    assert not ray.is_initialized()
+
+
+def test_shards_are_contiguous_and_cover_the_tasks():
+    assert shard_indices(5, 2) == [[0, 1, 2], [3, 4]]
+    assert shard_indices(2, 4) == [[0], [1]]
+    assert shard_indices(3, 1) == [[0, 1, 2]]
+
+
+def test_config_validates_the_sampler_keys():
+    from maml_rl.config import ConfigError
+
+    TrainConfig(sampler="ray", num_workers=3, ray_address="auto").validate()
+    for bad in ({"sampler": "mpi"}, {"num_workers": 0}, {"ray_max_retries": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            TrainConfig(**bad).validate()
+
+
+# -- on a two-node cluster -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes on this machine (a head and a worker node), 3 logical CPUs each."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 3, "include_dashboard": False},
+    )
+    c.add_node(num_cpus=3)
+    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cheetah_sampler(cluster):
+    policy, _, _ = cheetah_setup()
+    sampler = RaySampler(CHEETAH, policy, max_episode_steps=10, num_workers=2)
+    yield sampler
+    sampler.close()
+
+
+def test_two_workers_spread_over_two_nodes_equal_the_local_sampler(cluster, cheetah_sampler):
+    policy, tasks, params = cheetah_setup()
+    local = VectorSampler(CHEETAH, policy, max_episode_steps=10)
+    assert len({loc.node_id for loc in cheetah_sampler.locations}) == 2
+    for seed in (0, 1):
+        assert_same_batch(
+            cheetah_sampler.sample(tasks, params, 3, seed), local.sample(tasks, params, 3, seed)
+        )
+    # unbatched params (one policy for all tasks) too
+    theta = policy.params()
+    assert_same_batch(cheetah_sampler.sample(tasks, theta, 2, 7), local.sample(tasks, theta, 2, 7))
+
+
+@pytest.mark.parametrize("num_workers", [1, 2, 3])
+def test_navigation_with_early_ends_equals_the_local_sampler(cluster, num_workers):
+    policy, tasks, params = nav_setup(num_tasks=4)
+    local = VectorSampler(NAV, policy).sample(tasks, params, 3, seed=5)
+    lengths = local.episode_lengths
+    assert lengths.max() < 100 and lengths.min() < lengths.max()  # shards end at different steps
+    sampler = RaySampler(NAV, policy, num_workers=num_workers)
+    try:
+        assert_same_batch(sampler.sample(tasks, params, 3, seed=5), local)
+    finally:
+        sampler.close()
+
+
+def test_cheetah_one_worker_equals_the_local_sampler(cluster):
+    policy, tasks, params = cheetah_setup(num_tasks=3)
+    local = VectorSampler(CHEETAH, policy, max_episode_steps=10).sample(tasks, params, 2, seed=3)
+    sampler = RaySampler(CHEETAH, policy, max_episode_steps=10, num_workers=1)
+    try:
+        assert_same_batch(sampler.sample(tasks, params, 2, seed=3), local)
+    finally:
+        sampler.close()
+
+
+def test_a_worker_killed_by_ray_during_sampling_is_replaced(cluster, cheetah_sampler):
+    policy, tasks, params = cheetah_setup()
+    local = VectorSampler(CHEETAH, policy, max_episode_steps=10).sample(tasks, params, 3, 11)
+    victim = cheetah_sampler.workers[0]
+    killer = threading.Timer(0.02, lambda: ray.kill(victim, no_restart=False))
+    killer.start()
+    batch = cheetah_sampler.sample(tasks, params, 3, 11)
+    killer.join()
+    assert_same_batch(batch, local)
+    # whether the kill hit the call or the idle worker, the next call is whole too
+    assert_same_batch(cheetah_sampler.sample(tasks, params, 3, 11), local)
+
+
+def _fault_hook(flags: str):
+    """A worker hook: exit the process on shard 0 while ``flags/crash_once`` exists (removing
+    it) or ``flags/crash_always`` exists."""
+
+    def hook(shard):
+        if shard[0] != 0:
+            return
+        once = os.path.join(flags, "crash_once")
+        if os.path.exists(once):
+            os.remove(once)
+            os._exit(1)
+        if os.path.exists(os.path.join(flags, "crash_always")):
+            os._exit(1)
+
+    return hook
+
+
+def test_worker_deaths_mid_sample_then_past_the_retry_limit(cluster, tmp_path):
+    policy, tasks, params = nav_setup(num_tasks=4)
+    local = VectorSampler(NAV, policy).sample(tasks, params, 3, seed=2)
+    sampler = RaySampler(
+        NAV, policy, num_workers=2, max_retries=1, worker_hook=_fault_hook(str(tmp_path))
+    )
+    try:
+        (tmp_path / "crash_once").touch()
+        batch = sampler.sample(tasks, params, 3, seed=2)
+        assert not (tmp_path / "crash_once").exists()
+        assert sampler.retries == 1
+        assert_same_batch(batch, local)
+
+        (tmp_path / "crash_always").touch()
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"worker 0 failed 2 times .*ray_max_retries=1"):
+            sampler.sample(tasks, params, 3, seed=2)
+        assert time.monotonic() - start < 60
+    finally:
+        sampler.close()
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(
+        env_id=NAV,
+        meta_batch_size=4,
+        episodes_per_task=3,
+        hidden_sizes=[16],
+        num_iterations=2,
+        checkpoint_every=100,
+        progress_bar=False,
+        seed=3,
+        config_name="test",
+    )
+    base.update(overrides)
+    return TrainConfig(**base).validate()
+
+
+def _numbers(run_dir):
+    with open(run_dir / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    skip = ("time/", "train/rejected")
+    return [
+        {k: v for k, v in r.items() if not k.startswith(skip) or k == "time/env_steps"}
+        for r in rows
+    ]
+
+
+def test_training_with_the_ray_sampler_matches_the_local_run(cluster, tmp_path):
+    local = train(_config(), tmp_path / "local", stdout=False)
+    distributed = train(_config(sampler="ray", num_workers=2), tmp_path / "ray", stdout=False)
+    assert len(_numbers(local)) == 2
+    assert _numbers(distributed) == _numbers(local)
+
+
+@pytest.mark.slow
+def test_local_address_starts_and_stops_its_own_ray(tmp_path):
+    """``ray_address=local`` in a fresh process: Ray starts, samples the local batch, stops."""
+    script = (
+        "import torch, envs\n"
+        "from tests.test_ray_sampler import nav_setup, assert_same_batch, NAV\n"
+        "from maml_rl.sampler import VectorSampler\n"
+        "from maml_rl.ray_sampler import RaySampler\n"
+        "import ray\n"
+        "policy, tasks, params = nav_setup()\n"
+        "s = RaySampler(NAV, policy, num_workers=2, address='local')\n"
+        "assert_same_batch(s.sample(tasks, params, 3, 1),"
+        " VectorSampler(NAV, policy).sample(tasks, params, 3, 1))\n"
+        "s.close()\n"
+        "assert not ray.is_initialized()\n"
+        "print('ok')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
