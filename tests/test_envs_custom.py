@@ -1,4 +1,4 @@
-"""The custom task family example of docs/envs.md runs and follows the protocol."""
+"""The custom task family example of the README runs, follows the protocol and trains."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "envs.md"
+DOC = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
 def example() -> dict:
     text = DOC.read_text()
-    section = text.split("## Writing your own task family", 1)[1]
+    section = text.split("## Your own task family", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     module = types.ModuleType("docs_envs_example")
     sys.modules[module.__name__] = module  # dataclasses look their module up
@@ -58,3 +58,20 @@ def test_example_runs_and_follows_protocol(example):
     obs2, rewards2, _, truncated2, _ = venv.step(np.full((4, 1), 0.05))
     np.testing.assert_array_equal(obs2, obs)
     assert (rewards2 == 0).all() and truncated2.all()
+
+
+def test_example_family_trains_without_editing_the_package(example, tmp_path):
+    from maml_rl.checkpoint import load_checkpoint
+    from maml_rl.config import TrainConfig
+    from maml_rl.trainer import train
+
+    config = TrainConfig(
+        env_id="MyFamilies/Line-v0",
+        meta_batch_size=3,
+        episodes_per_task=2,
+        hidden_sizes=[8],
+        num_iterations=1,
+        progress_bar=False,
+    ).validate()
+    run = train(config, tmp_path / "line", stdout=False)
+    assert load_checkpoint(run)["iteration"] == 1
