@@ -8,7 +8,12 @@ the same number of states, frame skip and threads; navigation: the batched env a
 actions) and a naive reference (Gymnasium envs stepped one at a time, one policy forward per
 env); and the process's peak memory (max RSS).
 
+With ``--sampler ray`` the run samples on Ray workers (``--num-workers``, ``--ray-address``) and
+also reports the per-call overhead: the median time of a ``RaySampler.sample`` call minus that
+of the local ``VectorSampler.sample`` call for the same batch (tasks, parameters, seed).
+
     python scripts/benchmark.py --preset navigation halfcheetah-vel --iterations 3
+    python scripts/benchmark.py --sampler ray --num-workers 2
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from benchmark_envs import time_raw_rollout
 
 from maml_rl.config import load_config
+from maml_rl.policy import replicate
+from maml_rl.sampler import VectorSampler
 from maml_rl.trainer import MAMLTrainer
 
 PHASES = ("sampling", "advantages", "adaptation", "meta_step")
@@ -73,13 +80,53 @@ def naive_reference(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
     return num_envs * steps / (time.perf_counter() - start)
 
 
+def ray_overhead(trainer: MAMLTrainer, calls: int) -> dict:
+    """Median seconds of a Ray sampler call and of the local sampler's call for the same batch
+    (the meta-batch's tasks, per-task parameters, same seed), alternated; checks they are equal."""
+    c = trainer.config
+    local = VectorSampler(
+        trainer.env_id, trainer.policy, c.env_kwargs, c.num_threads, c.max_episode_steps
+    )
+    tasks = trainer.sample_tasks(0)
+    params = {
+        k: v.detach().clone() for k, v in replicate(trainer.policy.params(), len(tasks)).items()
+    }
+    local_s, ray_s, equal = [], [], True
+    for seed in range(calls + 1):  # the first call of each warms up
+        start = time.perf_counter()
+        a = local.sample(tasks, params, c.episodes_per_task, seed)
+        mid = time.perf_counter()
+        b = trainer.sampler.sample(tasks, params, c.episodes_per_task, seed)
+        end = time.perf_counter()
+        if seed:
+            local_s.append(mid - start)
+            ray_s.append(end - mid)
+        equal &= all(torch.equal(x, y) for x, y in zip(a, b))
+    local.close()
+    med = statistics.median
+    return {
+        "local_sample_s": med(local_s),
+        "ray_sample_s": med(ray_s),
+        "ray_overhead_s": med(r - loc for r, loc in zip(ray_s, local_s)),
+        "ray_equals_local": equal,
+    }
+
+
 def bench_preset(name: str, args: argparse.Namespace) -> dict:
     overrides = [f"device={args.device}", "progress_bar=false"]
     if args.threads:
         overrides += [f"num_threads={args.threads}", f"torch_threads={args.threads}"]
+    if args.sampler == "ray":
+        overrides += [
+            "sampler=ray",
+            f"num_workers={args.num_workers}",
+            f"ray_address={args.ray_address}",
+        ]
     overrides += args.set
     config = load_config(name, overrides)
+    start = time.perf_counter()
     trainer = MAMLTrainer(config)
+    startup = time.perf_counter() - start
     threads = config.num_threads or os.cpu_count() or 1
     rows = []
     for i in range(args.warmup + args.iterations):
@@ -91,8 +138,14 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
     med = statistics.median
     num_envs = config.meta_batch_size * config.episodes_per_task
     sampling_rate = med(r.env_steps / r.timings["sampling"] for _, r in rows)
-    limit = physics_limit(trainer, num_envs, args.physics_steps, threads)
-    naive = naive_reference(trainer, min(num_envs, args.naive_envs), args.naive_steps)
+    extra: dict = {}
+    if config.sampler == "ray":  # the physics limit and naive reference are the local runs'
+        limit = naive = float("nan")
+        extra = {"sampler": f"ray x{config.num_workers}", "startup_s": startup}
+        extra.update(ray_overhead(trainer, args.overhead_calls))
+    else:
+        limit = physics_limit(trainer, num_envs, args.physics_steps, threads)
+        naive = naive_reference(trainer, min(num_envs, args.naive_envs), args.naive_steps)
     out = {
         "preset": name,
         "env_id": config.env_id,
@@ -110,6 +163,7 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
         "naive_steps_per_s": naive,
         "sampler_over_limit": sampling_rate / limit,
         "sampler_over_naive": sampling_rate / naive,
+        **extra,
     }
     out["meta_step_fraction"] = out["meta_step_s"] / out["iteration_s"]
     trainer.close()
@@ -126,6 +180,10 @@ def main() -> None:
     parser.add_argument("--physics-steps", type=int, default=100)
     parser.add_argument("--naive-envs", type=int, default=200)
     parser.add_argument("--naive-steps", type=int, default=20)
+    parser.add_argument("--sampler", choices=["vector", "ray"], default="vector")
+    parser.add_argument("--num-workers", type=int, default=2, help="Ray workers (--sampler ray)")
+    parser.add_argument("--ray-address", default="local", help="local, auto or host:port")
+    parser.add_argument("--overhead-calls", type=int, default=5, help="timed calls (ray)")
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
@@ -143,9 +201,14 @@ def main() -> None:
         "sampler_over_limit",
         "sampler_over_naive",
     ]
+    if args.sampler == "ray":
+        keys += ["startup_s", "local_sample_s", "ray_sample_s", "ray_overhead_s"]
     print(f"machine: {machine}; peak memory (max RSS): {peak_gb:.2f} GB")
     print(f"{'':28s}" + "".join(f"{r['preset']:>18s}" for r in results))
     print(f"{'device':28s}" + "".join(f"{r['device']:>18s}" for r in results))
+    if args.sampler == "ray":
+        for key in ("sampler", "ray_equals_local"):
+            print(f"{key:28s}" + "".join(f"{r[key]!s:>18s}" for r in results))
     for key in keys:
         print(f"{key:28s}" + "".join(f"{r[key]:18.3f}" for r in results))
     payload = {"machine": machine, "peak_rss_gb": peak_gb, "results": results}
