@@ -205,6 +205,16 @@ def _add_baseline_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_baseline)
 
 
+def _curves(args: argparse.Namespace) -> int:
+    from maml_rl.plots import plot_training_curves
+
+    if args.label and len(args.label) != len(args.runs):
+        raise ValueError(f"got {len(args.label)} labels for {len(args.runs)} runs")
+    path = plot_training_curves([Path(r) for r in args.runs], args.output, args.label)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maml-rl", description="Model-Agnostic Meta-Learning for RL (MAML-TRPO)."
@@ -233,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
     _add_evaluate_parser(sub)
     _add_baseline_parser(sub)
+    p = sub.add_parser("curves", help="plot training curves (pre/post-adaptation return)")
+    p.add_argument("runs", nargs="+", help="run folders (holding progress.csv)")
+    p.add_argument("-o", "--output", default="training_curves.png", help="PNG file to write")
+    p.add_argument("--label", action="append", help="legend name per run, in order")
+    p.set_defaults(func=_curves)
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=lambda a: print("\n".join(preset_names())) or 0)
     return parser

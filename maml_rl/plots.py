@@ -112,3 +112,35 @@ def plot_trajectories(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_training_curves(
+    run_dirs: list[Path], path: str | Path, labels: list[str] | None = None
+) -> Path:
+    """Pre- and post-adaptation return (mean over the meta-batch) per meta-iteration, read from
+    each run's ``progress.csv``; post-adaptation solid, pre-adaptation dashed."""
+    import csv
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    for i, run in enumerate(run_dirs):
+        with (Path(run) / "progress.csv").open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("time/iteration")]
+        if not rows:
+            raise ValueError(f"{run} has no logged iterations")
+        it = [int(float(r["time/iteration"])) for r in rows]
+        color = f"C{i}"
+        label = labels[i] if labels else Path(run).name
+        post = [float(r["rollout/post_return_mean"]) for r in rows]
+        pre = [float(r["rollout/pre_return_mean"]) for r in rows]
+        ax.plot(it, post, color=color, label=f"{label}: after adaptation")
+        ax.plot(it, pre, color=color, linestyle="--", alpha=0.7, label=f"{label}: before")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("mean return over the meta-batch")
+    ax.set_title("MAML-TRPO training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -146,3 +146,13 @@ def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
     state = load_checkpoint(run)
     assert 2 <= state["iteration"] < 1000
     assert "checkpoint of iteration" in out
+
+
+def test_curves_command_plots_a_run(tmp_path):
+    from maml_rl.cli import main
+
+    run = train(_config(num_iterations=2), tmp_path / "c", stdout=False)
+    out = tmp_path / "curves.png"
+    assert main(["curves", str(run), "-o", str(out), "--label", "tiny"]) == 0
+    assert out.stat().st_size > 10_000
+    assert main(["curves", str(tmp_path / "missing")]) == 2
