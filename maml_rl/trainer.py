@@ -41,6 +41,12 @@ RESUMABLE_KEYS = frozenset(
         "device",
         "num_threads",
         "torch_threads",
+        # the sampling back-end gives the same batches, so a run may move on or off a cluster
+        "sampler",
+        "ray_address",
+        "num_workers",
+        "ray_max_retries",
+        "ray_timeout_s",
     }
 )
 
