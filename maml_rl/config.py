@@ -34,6 +34,9 @@ class TrainConfig:
     """Keyword arguments for the environment (e.g. task ranges)."""
     env_import: str | None = None
     """A module to import before making the env (registers a user's family)."""
+    normalize_actions: bool = True
+    """The policy acts in [-1, 1]^d, mapped onto the env's action bounds (rllab's ``normalize``,
+    used by the authors' scripts: for 2D navigation, policy std 1 means velocity noise 0.1)."""
     max_episode_steps: int | None = None
     """Horizon H; None: the id's registered max_episode_steps (100 navigation, 200 locomotion)."""
     seed: int = 1

@@ -154,7 +154,12 @@ def adapt_and_evaluate(
     schedule = step_sizes(alpha, settings.num_steps)
     policy = policy.cpu()
     sampler = VectorSampler(
-        env_id, policy, config.env_kwargs, config.num_threads, config.max_episode_steps
+        env_id,
+        policy,
+        config.env_kwargs,
+        config.num_threads,
+        config.max_episode_steps,
+        config.normalize_actions,
     )
     params: Params = {name: p.detach() for name, p in policy.params().items()}
     returns, rollouts, history = [], [], []

@@ -113,10 +113,13 @@ class SamplerWorker:
         max_episode_steps: int | None,
         imports: Sequence[str],
         hook: Callable[[list[int]], None] | None = None,
+        normalize_actions: bool = False,
     ) -> None:
         for module in imports:
             importlib.import_module(module)
-        self.sampler = VectorSampler(env_id, policy, env_kwargs, num_threads, max_episode_steps)
+        self.sampler = VectorSampler(
+            env_id, policy, env_kwargs, num_threads, max_episode_steps, normalize_actions
+        )
         self.hook = hook
 
     def ready(self) -> WorkerLocation:
@@ -151,6 +154,7 @@ class RaySampler:
         num_threads: physics threads of each worker's batched env, and the CPUs each worker
             reserves on its node (None: 1).
         max_episode_steps: horizon H; None: the id's registered ``max_episode_steps``.
+        normalize_actions: as :class:`~maml_rl.sampler.VectorSampler`.
         num_workers: worker actors, >= 1; a call with M tasks uses ``min(M, num_workers)``.
         address: ``"local"`` starts a Ray instance in this process (stopped by :meth:`close`);
             ``"auto"`` or ``host:port`` / ``ray://host:port`` joins a running cluster. A Ray
@@ -177,6 +181,7 @@ class RaySampler:
         timeout_s: float = 600.0,
         imports: Sequence[str] = ("envs",),
         worker_hook: Callable[[list[int]], None] | None = None,
+        normalize_actions: bool = False,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -199,6 +204,7 @@ class RaySampler:
             max_episode_steps,
             list(imports),
             worker_hook,
+            normalize_actions,
         )
         self._actor_class = self.ray.remote(SamplerWorker).options(
             num_cpus=self.threads_per_worker,

@@ -101,6 +101,11 @@ class VectorSampler:
         env_kwargs: keyword arguments for the environment.
         num_threads: physics threads of the batched env (None: the env's default).
         max_episode_steps: horizon H; defaults to the registered ``max_episode_steps``.
+        normalize_actions: the policy acts in [-1, 1]^d, mapped affinely onto the env's Box
+            [low, high] after clipping (rllab's ``normalize`` wrapper, which the authors' scripts
+            put around every env): a = low + (clip(u, -1, 1) + 1) (high - low) / 2. Without it
+            the policy's actions are clipped to [low, high] and sent as they are. Identity for
+            action spaces that already are [-1, 1] (the MuJoCo families).
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class VectorSampler:
         env_kwargs: dict[str, Any] | None = None,
         num_threads: int | None = None,
         max_episode_steps: int | None = None,
+        normalize_actions: bool = False,
     ) -> None:
         self.env_id = resolve_env_id(env_id)
         self.policy = policy
@@ -119,6 +125,7 @@ class VectorSampler:
         if not horizon or horizon <= 0:
             raise ValueError(f"{self.env_id} has no max_episode_steps; set max_episode_steps")
         self.horizon = int(horizon)
+        self.normalize_actions = bool(normalize_actions)
         self._envs: dict[int, gym.vector.VectorEnv] = {}
 
     def _env(self, num_envs: int) -> gym.vector.VectorEnv:
@@ -146,9 +153,9 @@ class VectorSampler:
 
         ``params`` are the policy parameters, unbatched (one policy for all tasks) or with a
         leading task dimension of size M = len(tasks). Actions are Gaussian samples, clipped to
-        the action space when sent to the env; the batch stores the unclipped samples. Task m's
-        randomness (its sub-envs' initial states and its action noise) comes from
-        ``task_seeds(seed, M)[m]`` alone.
+        the action space (or mapped onto it, see ``normalize_actions``) when sent to the env;
+        the batch stores the unclipped samples. Task m's randomness (its sub-envs' initial
+        states and its action noise) comes from ``task_seeds(seed, M)[m]`` alone.
         """
         return self.sample_shard(tasks, params, episodes_per_task, task_seeds(seed, len(tasks)))
 
@@ -187,6 +194,10 @@ class VectorSampler:
         space = env.single_action_space
         low, high = space.low, space.high
         clip = bool(np.isfinite(low).all() and np.isfinite(high).all())
+        if self.normalize_actions and not clip:
+            raise ValueError(
+                f"normalize_actions needs a bounded action space; {self.env_id} has {space}"
+            )
         obs_dim = env.single_observation_space.shape[0]
         act_dim = space.shape[0]
         cpu_params = {
@@ -229,7 +240,10 @@ class VectorSampler:
                     mean = mean[index]
                     log_std = log_std[index] if log_std.dim() == 3 else log_std
                 act_buf[t] = (mean + log_std.exp() * noise[t]).reshape(n, act_dim).numpy()
-                sent = np.clip(act_buf[t], low, high) if clip else act_buf[t]
+                if self.normalize_actions:
+                    sent = low + (np.clip(act_buf[t], -1.0, 1.0) + 1.0) * (0.5 * (high - low))
+                else:
+                    sent = np.clip(act_buf[t], low, high) if clip else act_buf[t]
                 obs, reward, terminated, truncated, _ = env.step(sent)
                 rew_buf[t] = np.where(finished, 0.0, reward)
                 finished |= np.asarray(terminated) | np.asarray(truncated)

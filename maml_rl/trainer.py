@@ -148,6 +148,7 @@ class MAMLTrainer:
                 config.env_kwargs,
                 config.num_threads,
                 config.max_episode_steps,
+                normalize_actions=config.normalize_actions,
                 num_workers=config.num_workers,
                 address=config.ray_address,
                 max_retries=config.ray_max_retries,
@@ -161,6 +162,7 @@ class MAMLTrainer:
                 config.env_kwargs,
                 config.num_threads,
                 config.max_episode_steps,
+                config.normalize_actions,
             )
         self.learner = MetaLearner(
             self.policy,

@@ -85,7 +85,12 @@ def ray_overhead(trainer: MAMLTrainer, calls: int) -> dict:
     (the meta-batch's tasks, per-task parameters, same seed), alternated; checks they are equal."""
     c = trainer.config
     local = VectorSampler(
-        trainer.env_id, trainer.policy, c.env_kwargs, c.num_threads, c.max_episode_steps
+        trainer.env_id,
+        trainer.policy,
+        c.env_kwargs,
+        c.num_threads,
+        c.max_episode_steps,
+        c.normalize_actions,
     )
     tasks = trainer.sample_tasks(0)
     params = {

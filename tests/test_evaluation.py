@@ -99,7 +99,9 @@ def test_adapted_params_follow_alpha_then_half_alpha(run_dir):
     tasks = sample_test_tasks(config, 3, 2)
     _, schedule, _, history = adapt_and_evaluate(method.policy, config, tasks, settings, True)
     assert schedule == [0.3, 0.15]
-    sampler = VectorSampler(config.env_id, method.policy)
+    sampler = VectorSampler(
+        config.env_id, method.policy, normalize_actions=config.normalize_actions
+    )
     k = episodes_per_task(200, 100)
     for j, lr in enumerate([0.3, 0.15]):
         batch = sampler.sample(tasks, history[j], k, derive_seed(2, 2**31 - 1, 1 + j))

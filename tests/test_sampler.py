@@ -108,3 +108,39 @@ def test_batch_split_over_task_shards_equals_the_whole_batch():
     for name, x in zip(whole._fields, whole):
         dim = 0 if name.startswith("episode") else 1
         assert torch.equal(x, torch.cat([getattr(p, name) for p in parts], dim=dim)), name
+
+
+def test_normalized_actions_map_onto_the_action_bounds():
+    """rllab's normalize: u in [-1, 1] -> low + (clip(u) + 1) (high - low) / 2; for navigation
+    the velocity is 0.1 * clip(u, -1, 1)."""
+    policy, _, tasks = _setup(num_tasks=2)
+    sampler = VectorSampler(NAV, policy, normalize_actions=True)
+    batch = sampler.sample(tasks, policy.params(), episodes_per_task=2, seed=5)
+    for m, task in enumerate(tasks):
+        env = gym.make(NAV, task=task)
+        obs, _ = env.reset(seed=0)
+        for t in range(int(batch.episode_lengths[m, 0])):
+            np.testing.assert_allclose(batch.observations[t, m, 0].numpy(), obs, atol=1e-6)
+            velocity = 0.1 * np.clip(batch.actions[t, m, 0].numpy(), -1.0, 1.0)
+            obs, reward, *_ = env.step(velocity)
+            assert batch.rewards[t, m, 0].item() == pytest.approx(reward, abs=1e-5)
+
+
+def test_normalized_actions_need_a_bounded_action_space():
+    policy = GaussianMLPPolicy(3, 1, (4,))
+    gym.register(
+        "MAMLTest/UnboundedPendulum-v0", entry_point=_unbounded_pendulum, max_episode_steps=5
+    )
+    try:
+        sampler = VectorSampler("MAMLTest/UnboundedPendulum-v0", policy, normalize_actions=True)
+        with pytest.raises(ValueError, match="bounded action space"):
+            sampler.sample([None], policy.params(), 2, seed=0)
+    finally:
+        gym.registry.pop("MAMLTest/UnboundedPendulum-v0")
+
+
+def _unbounded_pendulum():
+    env = gym.make("Pendulum-v1").unwrapped
+    env.action_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    env.reset_task = lambda task: None
+    return env
