@@ -221,23 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="meta-train a policy with MAML-TRPO")
-    p.add_argument(
-        "--config",
-        default="navigation",
-        help=f"preset name ({', '.join(preset_names())}) or a YAML file",
-    )
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. --set seed=2 inner_lr=0.5 device=cuda",
-    )
+    _add_config_args(p)
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR (--set may then change only "
-        "num_iterations, checkpoint_every, progress_bar, device and thread counts)",
+        help="continue the run in RUN_DIR (--set may then change only the iteration count, "
+        "checkpointing, progress bar, device, thread counts and the sampling back-end)",
     )
     p.add_argument("--quiet", action="store_true", help="no per-iteration table on stdout")
     p.set_defaults(func=_train)
