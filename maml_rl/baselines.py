@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from maml_rl.config import TrainConfig, from_dict
-from maml_rl.sampler import make_batched_env, task_seeds
+from maml_rl.sampler import make_batched_env, task_seeds, unnormalize_actions
 from maml_rl.trainer import CONFIG_NAME, derive_seed, prepare_env, train
 
 BASELINE_NAME = "baseline.yaml"
@@ -136,7 +136,10 @@ def make_oracle_env(config: TrainConfig, index: int = 0, task: Any = None) -> gy
     if config.max_episode_steps is not None:
         kwargs["max_episode_steps"] = config.max_episode_steps
     rng = np.random.default_rng(derive_seed(config.seed, index, _ORACLE_TASKS))
-    return TaskObservationWrapper(gym.make(env_id, **kwargs), rng=rng, task=task)
+    env = gym.make(env_id, **kwargs)
+    if config.normalize_actions:  # PPO acts in [-1, 1]^d, as the meta-learned policies
+        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+    return TaskObservationWrapper(env, rng=rng, task=task)
 
 
 def train_oracle(
@@ -244,6 +247,9 @@ def evaluate_oracle(
             for _ in range(horizon):
                 aug = np.concatenate([obs, task_arr], axis=1).astype(np.float32)
                 actions, _ = model.predict(aug, deterministic=deterministic)
+                if config.normalize_actions:
+                    space = env.single_action_space
+                    actions = unnormalize_actions(actions, space.low, space.high)
                 obs, reward, terminated, truncated, _ = env.step(actions)
                 total += np.where(finished, 0.0, reward)
                 finished |= np.asarray(terminated) | np.asarray(truncated)

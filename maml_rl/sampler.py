@@ -63,6 +63,11 @@ def resolve_env_id(env_id: str) -> str:
     return env_id
 
 
+def unnormalize_actions(u: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """rllab's ``normalize``: a = low + (clip(u, -1, 1) + 1) (high - low) / 2."""
+    return low + (np.clip(u, -1.0, 1.0) + 1.0) * (0.5 * (high - low))
+
+
 def task_seeds(seed: int, num_tasks: int) -> list[int]:
     """Per-task seeds derived from a batch seed: task m's episodes depend on (seed, m) only, so
     any split of the tasks over samplers or workers reproduces the same batch."""
@@ -241,7 +246,7 @@ class VectorSampler:
                     log_std = log_std[index] if log_std.dim() == 3 else log_std
                 act_buf[t] = (mean + log_std.exp() * noise[t]).reshape(n, act_dim).numpy()
                 if self.normalize_actions:
-                    sent = low + (np.clip(act_buf[t], -1.0, 1.0) + 1.0) * (0.5 * (high - low))
+                    sent = unnormalize_actions(act_buf[t], low, high)
                 else:
                     sent = np.clip(act_buf[t], low, high) if clip else act_buf[t]
                 obs, reward, terminated, truncated, _ = env.step(sent)
