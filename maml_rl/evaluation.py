@@ -153,14 +153,7 @@ def adapt_and_evaluate(
     alpha = settings.alpha if settings.alpha is not None else config.inner_lr
     schedule = step_sizes(alpha, settings.num_steps)
     policy = policy.cpu()
-    sampler = VectorSampler(
-        env_id,
-        policy,
-        config.env_kwargs,
-        config.num_threads,
-        config.max_episode_steps,
-        config.normalize_actions,
-    )
+    sampler = VectorSampler.from_config(env_id, policy, config)
     params: Params = {name: p.detach() for name, p in policy.params().items()}
     returns, rollouts, history = [], [], []
     try:

@@ -133,6 +133,18 @@ class VectorSampler:
         self.normalize_actions = bool(normalize_actions)
         self._envs: dict[int, gym.vector.VectorEnv] = {}
 
+    @classmethod
+    def from_config(cls, env_id: str, policy: GaussianMLPPolicy, config: Any) -> VectorSampler:
+        """The sampler a :class:`~maml_rl.config.TrainConfig` describes, for a resolved id."""
+        return cls(
+            env_id,
+            policy,
+            config.env_kwargs,
+            config.num_threads,
+            config.max_episode_steps,
+            config.normalize_actions,
+        )
+
     def _env(self, num_envs: int) -> gym.vector.VectorEnv:
         if num_envs not in self._envs:
             self._envs[num_envs] = make_batched_env(

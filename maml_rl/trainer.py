@@ -156,14 +156,7 @@ class MAMLTrainer:
                 imports=["envs", *([config.env_import] if config.env_import else [])],
             )
         else:
-            self.sampler = VectorSampler(
-                self.env_id,
-                self.policy,
-                config.env_kwargs,
-                config.num_threads,
-                config.max_episode_steps,
-                config.normalize_actions,
-            )
+            self.sampler = VectorSampler.from_config(self.env_id, self.policy, config)
         self.learner = MetaLearner(
             self.policy,
             MetaLearnerSettings(

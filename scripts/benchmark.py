@@ -84,14 +84,7 @@ def ray_overhead(trainer: MAMLTrainer, calls: int) -> dict:
     """Median seconds of a Ray sampler call and of the local sampler's call for the same batch
     (the meta-batch's tasks, per-task parameters, same seed), alternated; checks they are equal."""
     c = trainer.config
-    local = VectorSampler(
-        trainer.env_id,
-        trainer.policy,
-        c.env_kwargs,
-        c.num_threads,
-        c.max_episode_steps,
-        c.normalize_actions,
-    )
+    local = VectorSampler.from_config(trainer.env_id, trainer.policy, c)
     tasks = trainer.sample_tasks(0)
     params = {
         k: v.detach().clone() for k, v in replicate(trainer.policy.params(), len(tasks)).items()
