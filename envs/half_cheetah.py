@@ -15,7 +15,9 @@ reward), ``x_position`` and ``x_velocity``. No termination; truncation at 200 st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import mujoco
@@ -47,6 +49,29 @@ def cheetah_reward_terms(
     }
 
 
+@contextmanager
+def _quiet_settotalmass() -> Iterator[None]:
+    """Drop MuJoCo 4's deprecation warning for ``settotalmass``, which Gymnasium's
+    half_cheetah.xml uses: without this every model compile prints it and writes
+    MUJOCO_LOG.TXT into the working directory. The compiled model is the same; any other
+    warning is passed on."""
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(message: str) -> None:
+        if "settotalmass" in message:
+            return
+        if previous is not None:
+            previous(message)
+        else:
+            print(f"WARNING: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(handler)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 class HalfCheetahTaskEnv(TaskFamilyEnv, HalfCheetahEnv):
     """HalfCheetah-v5 with a task-dependent forward term; base of the cheetah families.
 
@@ -66,7 +91,8 @@ class HalfCheetahTaskEnv(TaskFamilyEnv, HalfCheetahEnv):
         ctrl_cost_weight: float = DEFAULT_CTRL_COST_WEIGHT,
         **kwargs: Any,
     ):
-        HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        with _quiet_settotalmass():
+            HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         self._task_term = task_term
         self._init_task_family(task_space, task)
 
@@ -104,7 +130,8 @@ class HalfCheetahDirEnv(HalfCheetahTaskEnv):
 
 def half_cheetah_model() -> mujoco.MjModel:
     """The model HalfCheetah-v5 loads (Gymnasium's ``half_cheetah.xml``)."""
-    return mujoco.MjModel.from_xml_path(gymnasium_asset("half_cheetah.xml"))
+    with _quiet_settotalmass():
+        return mujoco.MjModel.from_xml_path(gymnasium_asset("half_cheetah.xml"))
 
 
 class HalfCheetahTaskVectorEnv(MujocoTaskVectorEnv):

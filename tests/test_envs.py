@@ -476,3 +476,11 @@ def test_single_env_pickles_with_its_constructor_args(env_id):
     clone = pickle.loads(pickle.dumps(env))
     assert type(clone) is type(env) and clone.task == task
     assert clone.observation_space == env.observation_space
+
+
+def test_cheetah_models_compile_without_the_settotalmass_warning(capfd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gym.make("MAML/HalfCheetahVel-v0")
+    gym.make_vec("MAML/HalfCheetahDir-v0", num_envs=2, vectorization_mode="vector_entry_point")
+    assert "settotalmass" not in capfd.readouterr().err
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
