@@ -55,12 +55,27 @@ def truncate_progress(run_dir: Path, last_iteration: int) -> None:
         writer.writerows(body)
 
 
-def make_logger(run_dir: Path, stdout: bool = True, resume: bool = False) -> Logger:
+class _AboveProgressBar:
+    """A text stream that prints through ``tqdm.write``, so tables stay above the progress bar."""
+
+    def write(self, text: str) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, end="")
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def make_logger(
+    run_dir: Path, stdout: bool = True, resume: bool = False, progress_bar: bool = False
+) -> Logger:
     """A logger writing ``progress.csv`` and TensorBoard events into ``run_dir`` (and stdout)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     formats: list[KVWriter] = []
     if stdout:
-        formats.append(HumanOutputFormat(sys.stdout, max_length=48))
+        stream = _AboveProgressBar() if progress_bar else sys.stdout
+        formats.append(HumanOutputFormat(stream, max_length=48))
     csv_path = str(run_dir / PROGRESS_CSV)
     formats.append(_AppendingCSVOutputFormat(csv_path) if resume else CSVOutputFormat(csv_path))
     formats.append(TensorBoardOutputFormat(str(run_dir)))

@@ -324,7 +324,9 @@ def train(
         truncate_progress(run_dir, trainer.iteration)
     else:
         (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
-    logger = make_logger(run_dir, stdout=stdout, resume=state is not None)
+    logger = make_logger(
+        run_dir, stdout=stdout, resume=state is not None, progress_bar=config.progress_bar
+    )
     if state is None:
         log_config(logger, config.to_dict())
     ckpt = run_dir / CHECKPOINT_NAME
@@ -354,10 +356,12 @@ def train(
             if on_iteration is not None:
                 on_iteration(trainer, it)
             if progress is not None:
-                progress.update(1)
                 progress.set_postfix(
-                    pre=f"{it.pre_returns.mean():.1f}", post=f"{it.post_returns.mean():.1f}"
+                    pre=f"{it.pre_returns.mean():.1f}",
+                    post=f"{it.post_returns.mean():.1f}",
+                    refresh=False,
                 )
+                progress.update(1)
             if trainer.iteration % config.checkpoint_every == 0:
                 state = trainer.state_dict()
                 save_checkpoint(ckpt, state)
