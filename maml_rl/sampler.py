@@ -64,8 +64,12 @@ def resolve_env_id(env_id: str) -> str:
 
 
 def unnormalize_actions(u: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """rllab's ``normalize``: a = low + (clip(u, -1, 1) + 1) (high - low) / 2."""
-    return low + (np.clip(u, -1.0, 1.0) + 1.0) * (0.5 * (high - low))
+    """rllab's ``normalize``: a = low + (clip(u, -1, 1) + 1) (high - low) / 2 (exactly
+    clip(u, -1, 1) when the bounds already are [-1, 1], without rounding)."""
+    clipped = np.clip(u, -1.0, 1.0)
+    if np.all(low == -1.0) and np.all(high == 1.0):
+        return clipped
+    return low + (clipped + 1.0) * (0.5 * (high - low))
 
 
 def task_seeds(seed: int, num_tasks: int) -> list[int]:

@@ -144,3 +144,14 @@ def _unbounded_pendulum():
     env.action_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
     env.reset_task = lambda task: None
     return env
+
+
+def test_unnormalize_is_exact_clipping_for_unit_bounds():
+    from maml_rl.sampler import unnormalize_actions
+
+    u = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    ones = np.ones(6, dtype=np.float32)
+    assert np.array_equal(unnormalize_actions(u, -ones, ones), np.clip(u, -1, 1))
+    np.testing.assert_allclose(
+        unnormalize_actions(u, -0.1 * ones, 0.1 * ones), 0.1 * np.clip(u, -1, 1), rtol=1e-6
+    )
