@@ -153,5 +153,8 @@ def test_unnormalize_is_exact_clipping_for_unit_bounds():
     ones = np.ones(6, dtype=np.float32)
     assert np.array_equal(unnormalize_actions(u, -ones, ones), np.clip(u, -1, 1))
     np.testing.assert_allclose(
-        unnormalize_actions(u, -0.1 * ones, 0.1 * ones), 0.1 * np.clip(u, -1, 1), rtol=1e-6
+        unnormalize_actions(u, -0.1 * ones, 0.1 * ones),
+        0.1 * np.clip(u, -1, 1),
+        rtol=1e-6,
+        atol=1e-7,
     )
