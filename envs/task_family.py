@@ -95,7 +95,17 @@ def check_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
-class TaskFamilyEnv:
+class _SamplesTasks:
+    """``sample_tasks`` for single and batched envs alike (both hold a ``task_space``)."""
+
+    task_space: TaskSpace[Any]
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
+        """Draw ``n`` tasks from this family's distribution with ``rng``."""
+        return self.task_space.sample(check_num_tasks(n), check_rng(rng))
+
+
+class TaskFamilyEnv(_SamplesTasks):
     """Mixin giving a single Gymnasium env the task protocol.
 
     Put it first in the bases (``class MyEnv(TaskFamilyEnv, gymnasium.Env)``), call
@@ -122,10 +132,6 @@ class TaskFamilyEnv:
         """``task.as_array()`` of the current task (float64)."""
         return self._task_params
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
-        """Draw ``n`` tasks from this family's distribution with ``rng``."""
-        return self.task_space.sample(check_num_tasks(n), check_rng(rng))
-
     def reset_task(self, task: Any) -> None:
         """Set the task; it stays until the next ``reset_task`` or ``options={"task": ...}``."""
         self._task = self.task_space.validate(task)
@@ -141,7 +147,7 @@ class TaskFamilyEnv:
         return super().reset(seed=seed, options=options)  # type: ignore[misc]
 
 
-class TaskFamilyVectorEnv(VectorEnv):
+class TaskFamilyVectorEnv(_SamplesTasks, VectorEnv):
     """Base class of the batched task-family envs: one task and one episode per sub-env.
 
     Semantics (relied upon by the ``maml_rl`` sampler):
@@ -198,10 +204,6 @@ class TaskFamilyVectorEnv(VectorEnv):
     def task_params(self) -> np.ndarray:
         """(N, task_dim) float64 array stacking ``task.as_array()`` of each sub-env."""
         return self._task_params
-
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
-        """Draw ``n`` tasks from this family's distribution with ``rng``."""
-        return self.task_space.sample(check_num_tasks(n), check_rng(rng))
 
     def reset_task(self, task: Any) -> None:
         """Give every sub-env the same ``task``."""
