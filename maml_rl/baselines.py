@@ -18,6 +18,7 @@ A baseline run folder holds ``config.yaml`` (the family's :class:`TrainConfig`) 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -37,6 +38,7 @@ BASELINE_NAME = "baseline.yaml"
 ORACLE_MODEL = "oracle.zip"
 KINDS = ("pretrained", "oracle")
 _ORACLE_TASKS = 3  # purpose mixed into the oracle's task-sampling seeds
+_PPO_FIXED = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log"}
 
 
 def run_kind(path: str | Path) -> str:
@@ -142,6 +144,19 @@ def make_oracle_env(config: TrainConfig, index: int = 0, task: Any = None) -> gy
     return TaskObservationWrapper(env, rng=rng, task=task)
 
 
+def _plain(settings: dict[str, Any]) -> dict[str, Any]:
+    """PPO settings as YAML-safe values (callables and classes by name)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+
+    return plain(settings)
+
+
 def train_oracle(
     config: TrainConfig,
     run_dir: str | Path | None = None,
@@ -154,7 +169,8 @@ def train_oracle(
 
     PPO uses SB3's defaults (lr 3e-4, 10 epochs, clip 0.2, GAE lambda 0.95) with the config's
     gamma and hidden sizes (tanh, separate policy and value networks), ``n_envs`` environments
-    and ``n_steps = min(2048, timesteps // n_envs)`` per rollout; ``ppo_kwargs`` override.
+    and ``n_steps = min(2048, timesteps // n_envs)`` per rollout; ``ppo_kwargs`` override any
+    PPO argument but the policy, env, seed, device and logging (``policy_kwargs`` is merged).
     SB3's logger writes ``progress.csv`` and TensorBoard events into the folder.
     """
     from stable_baselines3 import PPO
@@ -162,6 +178,15 @@ def train_oracle(
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    extra = dict(ppo_kwargs or {})
+    policy_kwargs = extra.pop("policy_kwargs", None) or {}
+    if not isinstance(policy_kwargs, dict):
+        raise ValueError(f"PPO policy_kwargs must be a mapping, got {policy_kwargs!r}")
+    settable = set(inspect.signature(PPO.__init__).parameters) - _PPO_FIXED
+    if unknown := sorted(set(extra) - settable):
+        raise ValueError(
+            f"{unknown} cannot be set on the oracle's PPO; settable: {sorted(settable)}"
+        )
     folder = _run_dir(config, "oracle", run_dir)
     if (folder / ORACLE_MODEL).exists():
         raise FileExistsError(f"{folder} already holds an oracle")
@@ -178,7 +203,8 @@ def train_oracle(
             "net_arch": {"pi": list(config.hidden_sizes), "vf": list(config.hidden_sizes)}
         },
     }
-    settings.update(ppo_kwargs or {})
+    settings.update(extra)
+    settings["policy_kwargs"] = {**settings["policy_kwargs"], **policy_kwargs}
     model = PPO("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **settings)
     outputs = ["csv", "tensorboard", *(["stdout"] if stdout else [])]
     model.set_logger(configure(str(folder), outputs))
@@ -192,7 +218,7 @@ def train_oracle(
         algorithm="stable-baselines3 PPO",
         timesteps=int(model.num_timesteps),
         n_envs=n_envs,
-        ppo={k: v for k, v in settings.items() if k != "policy_kwargs"},
+        ppo=_plain(settings),
         hidden_sizes=list(config.hidden_sizes),
     )
     return folder

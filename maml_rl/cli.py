@@ -96,8 +96,11 @@ def _folder(path: str | Path) -> Path:
 
 def _baseline(args: argparse.Namespace) -> int:
     from maml_rl.baselines import train_oracle, train_pretrained
+    from maml_rl.config import parse_overrides
 
     config = load_config(args.config, args.set)
+    if args.ppo_set and args.kind != "oracle":
+        raise ConfigError("--ppo-set applies to --kind oracle only")
     if args.kind == "pretrained":
         run_dir = train_pretrained(config, args.run_dir, args.timesteps, stdout=not args.quiet)
     else:
@@ -107,6 +110,7 @@ def _baseline(args: argparse.Namespace) -> int:
             timesteps=args.timesteps or 1_000_000,
             n_envs=args.n_envs,
             stdout=not args.quiet,
+            ppo_kwargs=parse_overrides(args.ppo_set),
         )
     print(f"run folder: {run_dir}")
     return 0
@@ -200,6 +204,14 @@ def _add_baseline_parser(sub: argparse._SubParsersAction) -> None:
         "num_iterations = ceil(N / (meta_batch_size * episodes_per_task * H)))",
     )
     p.add_argument("--n-envs", type=int, default=8, help="PPO environments (oracle)")
+    p.add_argument(
+        "--ppo-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="stable-baselines3 PPO arguments (oracle), values as YAML, e.g. --ppo-set "
+        "learning_rate=1e-4 'policy_kwargs={log_std_init: -1}' (merged into the defaults)",
+    )
     p.add_argument("--run-dir", default=None, help="run folder (default: log_dir/<generated>)")
     p.add_argument("--quiet", action="store_true", help="no training table on stdout")
     p.set_defaults(func=_baseline)

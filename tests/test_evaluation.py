@@ -13,7 +13,7 @@ import yaml
 import envs  # noqa: F401  (registers the families)
 from maml_rl.adaptation import inner_loss
 from maml_rl.advantages import compute_advantages
-from maml_rl.baselines import TaskObservationWrapper, make_oracle_env, run_kind
+from maml_rl.baselines import TaskObservationWrapper, load_oracle, make_oracle_env, run_kind
 from maml_rl.batch import loss_inputs
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.cli import main
@@ -169,10 +169,20 @@ def test_baseline_cli_and_comparison(run_dir, tmp_path, capsys):
     assert run_kind(pre) == "pretrained"
     assert load_checkpoint(pre)["config"]["num_inner_steps"] == 0
     args = ["--timesteps", "256", "--n-envs", "2", "--run-dir", str(oracle)]
-    assert main(["baseline", "--kind", "oracle", *args, *common]) == 0
+    ppo = ["--ppo-set", "n_epochs=3", "policy_kwargs={log_std_init: -1.5}"]
+    assert main(["baseline", "--kind", "oracle", *args, *ppo, *common]) == 0
     assert run_kind(oracle) == "oracle" and (oracle / "oracle.zip").is_file()
     marker = yaml.safe_load((oracle / "baseline.yaml").read_text())
     assert marker["timesteps"] >= 256 and (oracle / "progress.csv").is_file()
+    assert marker["ppo"]["n_epochs"] == 3
+    assert marker["ppo"]["policy_kwargs"] == {
+        "net_arch": {"pi": [16, 16], "vf": [16, 16]},
+        "log_std_init": -1.5,
+    }
+    model, _ = load_oracle(oracle)
+    assert model.n_epochs == 3 and np.allclose(
+        model.policy.log_std.detach().numpy(), -1.5, atol=0.05
+    )
     capsys.readouterr()
     argv = ["evaluate", str(run_dir), str(pre), "--compare", str(oracle), "--random-init"]
     argv += ["--num-tasks", "3", "--num-steps", "1", "--env-steps", "200", "-o", str(out)]
@@ -189,6 +199,21 @@ def test_baseline_cli_and_comparison(run_dir, tmp_path, capsys):
     assert main([*argv, "--env-steps", "100", "-o", str(tmp_path / "det")]) == 0
     assert "oracle (mean action)" in capsys.readouterr().out
     assert (oracle / "progress.csv").read_text().count("rollout/ep_rew_mean") == 1
+
+
+def test_oracle_rejects_bad_ppo_settings(tmp_path, capsys):
+    argv = ["baseline", "--kind", "oracle", "--config", "navigation", "--timesteps", "64"]
+    argv += ["--run-dir", str(tmp_path / "o")]
+    assert main([*argv, "--ppo-set", "n_epoch=3"]) == 2
+    assert "['n_epoch'] cannot be set" in capsys.readouterr().err
+    assert main([*argv, "--ppo-set", "seed=3"]) == 2
+    assert "['seed'] cannot be set" in capsys.readouterr().err
+    assert main([*argv, "--ppo-set", "policy_kwargs=3"]) == 2
+    assert "policy_kwargs must be a mapping" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    pre = ["baseline", "--kind", "pretrained", "--config", "navigation", "--ppo-set", "n_epochs=3"]
+    assert main(pre) == 2
+    assert "--ppo-set applies to --kind oracle only" in capsys.readouterr().err
 
 
 def test_cli_errors_are_messages(tmp_path, capsys):
