@@ -280,14 +280,15 @@ def test_video_renders_when_a_renderer_exists(tmp_path):
     assert len(videos) == 1 and videos[0].stat().st_size > 10_000
 
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "navigation"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 @pytest.mark.slow
-def test_committed_navigation_policy_reaches_its_recorded_return(tmp_path):
-    recorded_path = RESULTS / "evaluation" / "returns.json"
-    if not (RESULTS / "checkpoint.pt").is_file() or not recorded_path.is_file():
-        pytest.skip("results/navigation (policy and evaluation/returns.json) not committed yet")
+@pytest.mark.parametrize("name", ["navigation", "halfcheetah-vel", "halfcheetah-dir"])
+def test_committed_policy_reaches_its_recorded_return(name):
+    run = RESULTS / name
+    recorded_path = run / "evaluation" / "returns.json"
+    assert (run / "checkpoint.pt").is_file() and recorded_path.is_file()
     recorded = json.loads(recorded_path.read_text())
     maml = next(m for m in recorded["methods"] if m["kind"] == "maml")
     settings = EvalSettings(
@@ -297,6 +298,6 @@ def test_committed_navigation_policy_reaches_its_recorded_return(tmp_path):
         recorded["seed"],
         alpha=maml["step_sizes"][0],
     )
-    report = evaluate([load_method(RESULTS)], settings, plots=False, stdout=False)
+    report = evaluate([load_method(run)], settings, plots=False, stdout=False)
     margin = max(2.0 * maml["stderr"][1], 0.5)
     assert report.results[0].mean[1] >= maml["mean"][1] - margin
