@@ -80,9 +80,28 @@ def make_render_env(config: TrainConfig, width: int, height: int) -> Any:
     kwargs = dict(config.env_kwargs)
     if config.max_episode_steps is not None:
         kwargs["max_episode_steps"] = config.max_episode_steps
-    return gym.make(
+    env = gym.make(
         prepare_env(config), render_mode="rgb_array", width=width, height=height, **kwargs
     )
+    use_tracking_camera(env)
+    return env
+
+
+def use_tracking_camera(env: Any) -> None:
+    """Render a MuJoCo env through its model's ``track`` camera (``trackcom`` mode), if any.
+
+    Gymnasium's half-cheetah and ant models define it, but their renderer uses a free camera
+    that stays in place, which a running policy leaves within seconds. Other envs are left as
+    they are.
+    """
+    import mujoco
+
+    renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+    if renderer is None:
+        return
+    camera = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    if camera >= 0:
+        renderer.camera_id = camera
 
 
 def _task_params(params: Params, index: int) -> Params:

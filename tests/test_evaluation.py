@@ -233,6 +233,21 @@ def _fake_report(env_id: str, config: TrainConfig) -> tuple[EvaluationReport, Me
     return report, result
 
 
+@pytest.mark.parametrize("preset", ["halfcheetah-dir", "ant-vel"])
+def test_videos_render_through_the_tracking_camera(preset):
+    import mujoco
+
+    from maml_rl.config import load_config
+    from maml_rl.video import make_render_env
+
+    env = make_render_env(load_config(preset), 32, 24)  # no GL context until the first render
+    renderer = env.unwrapped.mujoco_renderer
+    assert renderer.camera_id >= 0
+    assert renderer.model.camera(renderer.camera_id).name == "track"
+    assert renderer.model.cam_mode[renderer.camera_id] == mujoco.mjtCamLight.mjCAMLIGHT_TRACKCOM
+    env.close()
+
+
 def test_video_skips_with_a_message_without_renderer(tmp_path, monkeypatch):
     import maml_rl.video as video
 
