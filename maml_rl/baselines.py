@@ -140,21 +140,21 @@ def make_oracle_env(config: TrainConfig, index: int = 0, task: Any = None) -> gy
     rng = np.random.default_rng(derive_seed(config.seed, index, _ORACLE_TASKS))
     env = gym.make(env_id, **kwargs)
     if config.normalize_actions:  # PPO acts in [-1, 1]^d, as the meta-learned policies
-        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+        low, high = env.action_space.low, env.action_space.high
+        unit = gym.spaces.Box(-1.0, 1.0, low.shape, env.action_space.dtype)
+        env = gym.wrappers.TransformAction(
+            env, lambda u: unnormalize_actions(u, low, high).astype(low.dtype), unit
+        )
     return TaskObservationWrapper(env, rng=rng, task=task)
 
 
-def _plain(settings: dict[str, Any]) -> dict[str, Any]:
-    """PPO settings as YAML-safe values (callables and classes by name)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
-
-    return plain(settings)
+def _plain(value: Any) -> Any:
+    """A value (PPO settings) as YAML-safe data: containers recursed, other objects by repr."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
 
 
 def train_oracle(
