@@ -13,6 +13,12 @@ id                          task distribution                           horizon
 ``MAML/AntGoal-v0``         goal position uniform in [-3, 3]^2            200
 ==========================  ==========================================  =======
 
+Each locomotion family also comes as the authors' exact task (rllab's envs, as run by
+cbfinn/maml_rl: one physics step per env step, centre-of-mass velocity, rllab's observations,
+reset noise and ant model; :mod:`envs.rllab_locomotion`): ``MAML/HalfCheetahVel-rllab-v0``,
+``MAML/HalfCheetahDir-rllab-v0``, ``MAML/AntVel-rllab-v0``, ``MAML/AntDir-rllab-v0``,
+``MAML/AntGoal-rllab-v0`` (horizon 200).
+
 This package depends on gymnasium, mujoco and numpy only.
 """
 
@@ -47,6 +53,18 @@ _FAMILIES = [
     ("AntVel", "ant", "AntVel", 200, {"low": 0.0, "high": 3.0}),
     ("AntDir", "ant", "AntDir", 200, {}),
     ("AntGoal", "ant", "AntGoal", 200, {"low": -3.0, "high": 3.0}),
+]
+
+_RLLAB_FAMILIES = [
+    ("HalfCheetahVel", {"low": 0.0, "high": 2.0}),
+    ("HalfCheetahDir", {}),
+    ("AntVel", {"low": 0.0, "high": 3.0}),
+    ("AntDir", {}),
+    ("AntGoal", {"low": -3.0, "high": 3.0}),
+]
+_FAMILIES += [
+    (f"{name}-rllab", "rllab_locomotion", f"{name}Rllab", 200, kwargs)
+    for name, kwargs in _RLLAB_FAMILIES
 ]
 
 for _name, _module, _cls, _horizon, _kwargs in _FAMILIES:

@@ -57,6 +57,9 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
         frame_skip: physics steps per env step.
         reset_noise_scale: scale ``s`` of the initial-state noise.
         num_threads: threads of the physics pool (default ``os.cpu_count()``).
+        step_stage: ``mjtStage`` computed at the new state after each step (0: none, derived
+            fields then describe the state before the last substep, as after ``mj_step``); a
+            non-zero stage makes the batch persistent, so that the next step continues from it.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
         frame_skip: int = 5,
         reset_noise_scale: float = 0.1,
         num_threads: int | None = None,
+        step_stage: int = 0,
     ):
         self._init_task_family(num_envs, task_space, max_episode_steps, task)
         if num_threads is None:
@@ -81,7 +85,10 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
         self.dt = float(model.opt.timestep) * self.frame_skip
         self.reset_noise_scale = float(reset_noise_scale)
         self.num_threads = int(num_threads)
-        self.batch = mj_batch.Batch(model, nsim=self.num_envs, nthread=self.num_threads)
+        self.step_stage = int(step_stage)
+        self.batch = mj_batch.Batch(
+            model, nsim=self.num_envs, nthread=self.num_threads, persistent=self.step_stage > 0
+        )
         self._qpos = self.batch.bind("qpos")
         self._qvel = self.batch.bind("qvel")
         self._ctrl = self.batch.bind("ctrl")
@@ -125,12 +132,16 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
         return self._last_obs.copy()
 
     def _reset_all(self) -> np.ndarray:
+        return self.set_state(*self._sample_initial_state())
+
+    def _sample_initial_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(qpos, qvel) of every sub-env: Gymnasium v5's ``qpos0 + U(-s, s)``, ``s N(0, 1)``."""
         s = self.reset_noise_scale
         qpos = self._init_qpos + self._draw_per_env(
             lambda rng, size: rng.uniform(-s, s, size), (self.model.nq,)
         )
         qvel = s * self._draw_per_env(lambda rng, size: rng.standard_normal(size), (self.model.nv,))
-        return self.set_state(qpos, qvel)
+        return qpos, qvel
 
     def _step_active(
         self, actions: np.ndarray, active: np.ndarray
@@ -138,18 +149,22 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
         x_before = self._qpos[:, 0].copy()
         if active.all():
             self._ctrl[:] = actions
-            self.batch.step(nstep=self.frame_skip)
+            self.batch.step(nstep=self.frame_skip, stage=self.step_stage)
         else:
             ids = np.flatnonzero(active)
             self._ctrl[ids] = actions[ids]
-            self.batch.step(ids, nstep=self.frame_skip)
-        x_velocity = (self._qpos[:, 0] - x_before) / self.dt
+            self.batch.step(ids, nstep=self.frame_skip, stage=self.step_stage)
+        x_velocity = self._forward_velocity(x_before)
         terms = self._rewards(x_velocity, actions)
         rewards = sum_terms(terms)
         info = {"x_position": self._qpos[:, 0].copy(), "x_velocity": x_velocity, **terms}
         return self._observe(), rewards, self._terminated_now(), info
 
     # --- hooks ---------------------------------------------------------------------------
+    def _forward_velocity(self, x_before: np.ndarray) -> np.ndarray:
+        """(N,) forward velocity of the last step: ``(qpos[0] - x_before) / dt``."""
+        return (self._qpos[:, 0] - x_before) / self.dt
+
     @abstractmethod
     def _observe(self) -> np.ndarray:
         """(N, obs_dim) float64 observations of the current state (a new array)."""

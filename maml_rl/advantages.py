@@ -45,12 +45,19 @@ def fit_linear_baseline(
     reg_coeff: float = 1e-5,
     max_retries: int = 5,
 ) -> Tensor:
-    """Ridge regression of returns on features, one fit per task, all tasks in one solve.
+    """Ridge regression of returns on features, one fit per task.
 
     ``features``: ``[T, M, K, F]`` (zero rows at padded steps), ``returns``: ``[T, M, K]``.
-    Solves (X^T X + c I) w = X^T y per task in float64 with c = ``reg_coeff``; tasks whose
-    solution is not finite are solved again with c multiplied by 10, at most ``max_retries``
-    times (rllab's LinearFeatureBaseline). Returns the weights ``[M, F]``.
+    Solves (X^T X + c I) w = X^T y per task in float64 with c = ``reg_coeff``; a task whose
+    solution is not finite is solved again with c multiplied by 10, at most ``max_retries``
+    times (rllab's LinearFeatureBaseline); one that never gives a finite solution keeps a zero
+    baseline. Returns the weights ``[M, F]``.
+
+    The normal equations are formed for all tasks at once, but solved one task at a time:
+    torch's batched LU solve (MKL) fails on every call once ``torch.set_num_threads`` has
+    changed the thread count (as the sampler does around each rollout) for F = 254 (the rllab
+    ant's features); measured in tests/test_advantages.py. Per task it is robust, and for the
+    smaller systems of the other families bit-identical to the batched solve.
     """
     x = features.double()
     y = returns.double()
@@ -58,18 +65,14 @@ def fit_linear_baseline(
     xty = torch.einsum("tmkf,tmk->mf", x, y)
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
     weights = torch.zeros_like(xty)
-    todo = torch.ones(xty.shape[0], dtype=torch.bool, device=x.device)
-    coeff = reg_coeff
-    for _ in range(max_retries + 1):
-        sol, _info = torch.linalg.solve_ex(xtx[todo] + coeff * eye, xty[todo])
-        ok = torch.isfinite(sol).all(-1)
-        idx = todo.nonzero().squeeze(-1)
-        weights[idx[ok]] = sol[ok]
-        todo[idx[ok]] = False
-        if not todo.any():
-            break
-        coeff *= 10.0
-    # tasks that never gave a finite solution keep a zero baseline
+    for task in range(xty.shape[0]):
+        coeff = reg_coeff
+        for _ in range(max_retries + 1):
+            solution, _info = torch.linalg.solve_ex(xtx[task] + coeff * eye, xty[task])
+            if bool(torch.isfinite(solution).all()):
+                weights[task] = solution
+                break
+            coeff *= 10.0
     return weights.to(features.dtype)
 
 

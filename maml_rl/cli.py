@@ -71,13 +71,16 @@ def _evaluate(args: argparse.Namespace) -> int:
             m.label = f"{m.label} ({_folder(m.source).name})"
     output = args.output
     if output is None:
+        name = "evaluation" if args.test_tasks == "seeded" else "evaluation-authors-tasks"
         if runs:
-            output = _folder(runs[0]) / "evaluation"
+            output = _folder(runs[0]) / name
         else:
             c = methods[0].config
             env = c.env_id.split(":")[-1].replace("/", "-")
-            output = Path(c.log_dir) / f"{env}__random-init__{c.seed}" / "evaluation"
-    settings = EvalSettings(args.num_tasks, args.num_steps, args.env_steps, args.seed, args.alpha)
+            output = Path(c.log_dir) / f"{env}__random-init__{c.seed}" / name
+    settings = EvalSettings(
+        args.num_tasks, args.num_steps, args.env_steps, args.seed, args.alpha, args.test_tasks
+    )
     evaluate(
         methods,
         settings,
@@ -167,6 +170,13 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         help="env steps per gradient step; rollouts per task = ceil(env_steps / H) (default 4000)",
     )
     p.add_argument("--seed", type=int, default=0, help="test seed (default 0)")
+    p.add_argument(
+        "--test-tasks",
+        choices=["seeded", "authors"],
+        default="seeded",
+        help="seeded: tasks drawn with --seed (default); authors: the 40 tasks the authors' test "
+        "scripts fix (half-cheetah and ant velocity/direction, rllab or v5 variant)",
+    )
     p.add_argument(
         "--alpha",
         type=float,

@@ -28,11 +28,14 @@ import torch
 
 from maml_rl.adaptation import adapt
 from maml_rl.advantages import compute_advantages
+from maml_rl.authors_tasks import authors_test_tasks
 from maml_rl.batch import loss_inputs
 from maml_rl.config import TrainConfig
 from maml_rl.policy import GaussianMLPPolicy, Params
 from maml_rl.sampler import VectorSampler
 from maml_rl.trainer import derive_seed, load_policy, make_policy, prepare_env
+
+TEST_TASK_SOURCES = ("seeded", "authors")
 
 TEST_STREAM = 2**31 - 1
 """Mixed into the test seeds: ``derive_seed(seed, TEST_STREAM)`` for the test tasks and
@@ -54,6 +57,9 @@ class EvalSettings:
     """Test seed: fixes the test tasks and the rollouts' noise (the same for every method)."""
     alpha: float | None = None
     """First step size (later steps alpha / 2); None: the run's ``inner_lr``."""
+    test_tasks: str = "seeded"
+    """``seeded``: N tasks drawn from the family with the test seed; ``authors``: the tasks the
+    authors' test scripts fix (:mod:`maml_rl.authors_tasks`; the seed still drives rollouts)."""
 
     def validate(self) -> EvalSettings:
         for key in ("num_tasks", "env_steps"):
@@ -65,6 +71,10 @@ class EvalSettings:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.test_tasks not in TEST_TASK_SOURCES:
+            raise ValueError(
+                f"test_tasks must be one of {TEST_TASK_SOURCES}, got {self.test_tasks!r}"
+            )
         return self
 
 
@@ -87,11 +97,17 @@ def episodes_per_task(env_steps: int, horizon: int) -> int:
     return max(1, math.ceil(env_steps / horizon))
 
 
-def sample_test_tasks(config: TrainConfig, num_tasks: int, seed: int) -> list[Any]:
-    """The N test tasks of a family for a test seed (the same on every call)."""
+def sample_test_tasks(
+    config: TrainConfig, num_tasks: int, seed: int, source: str = "seeded"
+) -> list[Any]:
+    """The N test tasks of a family: drawn with the test seed (``seeded``, the same on every
+    call) or the authors' fixed ones (``authors``), validated by the family's task space."""
     env_id = prepare_env(config)
     env = gym.make(env_id, **config.env_kwargs)
     try:
+        if source == "authors":
+            space = env.unwrapped.task_space
+            return [space.validate(task) for task in authors_test_tasks(env_id, num_tasks)]
         rng = np.random.default_rng(derive_seed(seed, TEST_STREAM))
         return list(env.unwrapped.sample_tasks(num_tasks, rng))
     finally:
@@ -291,6 +307,7 @@ class EvaluationReport:
             "horizon": self.horizon,
             "episodes_per_task": self.episodes_per_task,
             "seed": s.seed,
+            "test_tasks": s.test_tasks,
             "tasks": [np.asarray(t.as_array()).tolist() for t in self.tasks],
             "methods": [
                 {
@@ -325,8 +342,9 @@ def format_table(report: EvaluationReport) -> str:
             for c, (cell, w) in enumerate(zip(row, widths))
         )
 
+    tasks = "the authors' " if report.settings.test_tasks == "authors" else ""
     title = (
-        f"{report.env_id}: mean return ± s.e. over {report.settings.num_tasks} test tasks "
+        f"{report.env_id}: mean return ± s.e. over {tasks}{report.settings.num_tasks} test tasks "
         f"(seed {report.settings.seed}, {report.episodes_per_task} rollouts per task and step)"
     )
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
@@ -378,7 +396,7 @@ def evaluate(
                 f"not of {family[0]} {family[1]} (H={family[2]}) like {methods[0].source}"
             )
     env_id, _, horizon = family
-    tasks = sample_test_tasks(first, settings.num_tasks, settings.seed)
+    tasks = sample_test_tasks(first, settings.num_tasks, settings.seed, settings.test_tasks)
     is_navigation = env_id.startswith("MAML/Navigation2D")
     results = [
         evaluate_method(m, tasks, settings, keep=(plots and is_navigation) or video)

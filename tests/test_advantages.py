@@ -98,3 +98,26 @@ def test_normalize_per_task_uses_std_over_valid_steps():
         np.testing.assert_allclose(
             out[:, 1].reshape(-1).numpy(), (task1 - task1.mean()) / task1.var()
         )
+
+
+def test_linear_baseline_survives_a_change_of_torch_threads_at_ant_size():
+    """254 features (the rllab ant's 125-d observations), 40 tasks: torch's batched LU solve
+    raised "Pivots given to lu_solve must all be greater or equal to 1" on every call after
+    set_num_threads(1) and back, as the sampler does around each rollout."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(20, 40, 10, 254, generator=gen, dtype=D)
+    returns = torch.randn(20, 40, 10, generator=gen, dtype=D)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    _ = torch.randn(8, 8) @ torch.randn(8, 8)
+    torch.set_num_threads(max(2, threads))
+    try:
+        weights = fit_linear_baseline(features, returns)
+    finally:
+        torch.set_num_threads(threads)
+    x = features.numpy()
+    for task in range(40):
+        phi = x[:, task].reshape(-1, 254)
+        y = returns.numpy()[:, task].reshape(-1)
+        expected = np.linalg.solve(phi.T @ phi + 1e-5 * np.eye(254), phi.T @ y)
+        np.testing.assert_allclose(weights[task].numpy(), expected, rtol=1e-6, atol=1e-8)
