@@ -259,7 +259,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
     """Build a validated config from a preset name or a YAML file, then ``key=value`` overrides."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {name_or_path!r} does not exist")
         values = _read_mapping(path.read_text(), str(path))

@@ -84,3 +84,9 @@ def test_cli_trains_a_tiny_run(tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "tiny" / "checkpoint.pt").is_file()
     assert "run folder" in capsys.readouterr().out
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "halfcheetah-vel").mkdir()  # e.g. a run folder named after its preset
+    assert load_config("halfcheetah-vel").env_id == "MAML/HalfCheetahVel-v0"
