@@ -6,7 +6,10 @@ the meta-step (TRPO gradient, conjugate gradient, line search); the sampler's en
 to, measured in the same run, the physics limit (MuJoCo families: raw ``mujoco.rollout`` with
 the same number of states, frame skip and threads; navigation: the batched env alone with random
 actions) and a naive reference (Gymnasium envs stepped one at a time, one policy forward per
-env); and the process's peak memory (max RSS).
+env); and the process's peak memory (max RSS). Unless ``--no-roofline``, the meta-step's roofline
+(``scripts/roofline.py``): GFLOP of one gradient, one curvature (Fisher-vector) product and one
+line-search evaluation, their seconds, the attainable matrix-multiply rate at the same shapes
+measured in the same run, and achieved / attainable for each.
 
 With ``--sampler ray`` the run samples on Ray workers (``--num-workers``, ``--ray-address``) and
 also reports the per-call overhead: the median time of a ``RaySampler.sample`` call minus that
@@ -34,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchmark_envs import time_raw_rollout
+from roofline import meta_step_roofline
 
 from maml_rl.config import load_config
 from maml_rl.policy import replicate
@@ -41,6 +45,12 @@ from maml_rl.sampler import VectorSampler
 from maml_rl.trainer import MAMLTrainer
 
 PHASES = ("sampling", "advantages", "adaptation", "meta_step")
+ROOFLINE_PARTS = ("gradient", "fvp", "line_search_eval")
+ROOFLINE_KEYS = [
+    *(f"{part}_{unit}" for part in ROOFLINE_PARTS for unit in ("gflop", "s")),
+    "attainable_gflops_per_s",
+    *(f"{part}_over_attainable" for part in ROOFLINE_PARTS),
+]
 META_PARTS = ("gradient", "cg", "line_search")
 
 
@@ -164,6 +174,8 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
         **extra,
     }
     out["meta_step_fraction"] = out["meta_step_s"] / out["iteration_s"]
+    if args.roofline:
+        out.update(meta_step_roofline(trainer, repeats=args.roofline_repeats))
     trainer.close()
     return out
 
@@ -183,6 +195,13 @@ def main() -> None:
     parser.add_argument("--ray-address", default="local", help="local, auto or host:port")
     parser.add_argument("--overhead-calls", type=int, default=5, help="timed calls (ray)")
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides")
+    parser.add_argument(
+        "--no-roofline",
+        dest="roofline",
+        action="store_false",
+        help="skip the meta-step's FLOP count and achieved / attainable matmul rate",
+    )
+    parser.add_argument("--roofline-repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     results = [bench_preset(p, args) for p in args.preset]
@@ -201,6 +220,8 @@ def main() -> None:
     ]
     if args.sampler == "ray":
         keys += ["startup_s", "local_sample_s", "ray_sample_s", "ray_overhead_s"]
+    if args.roofline:
+        keys += ROOFLINE_KEYS
     print(f"machine: {machine}; peak memory (max RSS): {peak_gb:.2f} GB")
     print(f"{'':28s}" + "".join(f"{r['preset']:>18s}" for r in results))
     print(f"{'device':28s}" + "".join(f"{r['device']:>18s}" for r in results))

@@ -1,0 +1,144 @@
+"""How close the exact meta-step comes to the machine's matrix-multiply rate.
+
+For one meta-batch sampled at a preset's sizes, counts the floating-point operations of the
+meta-step's three kinds of work with torch's ``FlopCounterMode`` (matrix products only: ``mm``,
+``bmm``, ``addmm``, ``baddbmm``; element-wise work is not counted, so the ratios below are upper
+bounds on how much of the time is arithmetic):
+
+* **gradient**: adapt theta -> theta'_i with the second-order graph, the surrogate at theta',
+  and its gradient with respect to theta;
+* **curvature product**: one Fisher-vector product through the adaptation
+  (:func:`maml_rl.fisher.fisher_vector_product`, built once, then applied ``cg_iters`` times);
+* **line-search evaluation**: the surrogate and KL at a trial theta.
+
+Each is timed (median of ``repeats``), giving achieved GFLOP/s; the attainable rate is measured
+in the same process with the same threads by ``torch.bmm`` at the shapes that carry the
+arithmetic: per task (N samples) x (hidden width) times (hidden x hidden), for the forward
+products and for the weight gradients (N reduced). achieved / attainable is the phase's share of
+the machine's matrix-multiply rate.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from maml_rl.fisher import adapt_with_trace, fisher_vector_product
+from maml_rl.trainer import MAMLTrainer
+
+GIGA = 1e9
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class _MatmulFlops(TorchDispatchMode):
+    """Counts the FLOPs of every op torch's flop counter has a formula for (the matrix
+    products), backward and double-backward ops included. ``FlopCounterMode`` itself cannot
+    be used: its module tracker rejects ``autograd.grad`` on leaf tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def _flops(fn: Callable[[], Any]) -> int:
+    with _MatmulFlops() as counter:
+        fn()
+    return int(counter.total)
+
+
+def attainable_gflops(tasks: int, samples: int, width: int, repeats: int = 3) -> float:
+    """Best GFLOP/s of ``torch.bmm`` at the meta-step's two big shapes:
+    [tasks, samples, width] @ [tasks, width, width] (forward / input gradients) and
+    [tasks, width, samples] @ [tasks, samples, width] (weight gradients)."""
+    x = torch.randn(tasks, samples, width)
+    w = torch.randn(tasks, width, width)
+    flops = 2.0 * tasks * samples * width * width
+    forward = _median_seconds(lambda: torch.bmm(x, w), repeats)
+    weight_grad = _median_seconds(lambda: torch.bmm(x.transpose(1, 2), x), repeats)
+    return flops / min(forward, weight_grad) / GIGA
+
+
+def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, float]:
+    """GFLOP, seconds, achieved GFLOP/s and achieved / attainable for the gradient, one
+    curvature product and one line-search evaluation at ``trainer``'s preset sizes."""
+    c = trainer.config
+    learner = trainer.learner
+    s = learner.settings
+    tasks = trainer.sample_tasks(10**6)  # a meta-batch no training iteration uses
+    params = learner.policy.params()
+    inner = []
+    for j in range(c.num_inner_steps):
+        batch = trainer.sampler.sample(tasks, params, c.episodes_per_task, 10**6 + j)
+        inner.append(trainer._to_loss_inputs(batch))
+        params = {k: v.detach() for k, v in learner.adapt(inner).items()}
+    valid = trainer._to_loss_inputs(
+        trainer.sampler.sample(tasks, params, c.episodes_per_task, 2 * 10**6)
+    )
+    theta = learner.policy.params()
+    lrs = [s.inner_lr] * len(inner)
+    state: dict[str, Any] = {}
+
+    def gradient() -> None:
+        adapted, trace = adapt_with_trace(
+            learner.policy, theta, inner, lrs, s.inner_objective, s.first_order
+        )
+        loss, _kl, old = learner.surrogate_and_kl(inner, valid, None, True, adapted)
+        torch.autograd.grad(loss, list(theta.values()), retain_graph=True)
+        state.update(adapted=adapted, trace=trace, old=old)
+
+    def build() -> None:
+        state["fvp"] = fisher_vector_product(
+            learner.policy, theta, state["adapted"], state["trace"], valid, s.cg_damping
+        )
+
+    vector = torch.randn(sum(p.numel() for p in theta.values()), device=trainer.device)
+
+    def product() -> None:
+        state["fvp"](vector)
+
+    def evaluation() -> None:
+        with torch.enable_grad():
+            learner.surrogate_and_kl(inner, valid, state["old"], False)
+
+    out: dict[str, float] = {}
+    gradient()
+    build()
+    for name, fn in (
+        ("gradient", gradient),
+        ("fvp_build", build),
+        ("fvp", product),
+        ("line_search_eval", evaluation),
+    ):
+        out[f"{name}_gflop"] = _flops(fn) / GIGA
+        out[f"{name}_s"] = _median_seconds(fn, repeats)
+    width = max(c.hidden_sizes)
+    samples = valid.mask.shape[1]  # per task: the T x K steps, flattened
+    out["attainable_gflops_per_s"] = attainable_gflops(len(tasks), samples, width, repeats)
+    for name in ("gradient", "fvp", "line_search_eval"):
+        achieved = out[f"{name}_gflop"] / out[f"{name}_s"]
+        out[f"{name}_gflops_per_s"] = achieved
+        out[f"{name}_over_attainable"] = achieved / out["attainable_gflops_per_s"]
+    return out
