@@ -299,7 +299,16 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["navigation", "halfcheetah-vel", "halfcheetah-dir"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "navigation",
+        "halfcheetah-vel",
+        "halfcheetah-dir",
+        "halfcheetah-vel-rllab",
+        "halfcheetah-dir-rllab",
+    ],
+)
 def test_committed_policy_reaches_its_recorded_return(name):
     run = RESULTS / name
     recorded_path = run / "evaluation" / "returns.json"
