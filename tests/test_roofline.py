@@ -6,10 +6,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from roofline import _flops, meta_step_roofline  # noqa: E402
+from roofline import _flops, meta_step_roofline
 
-from maml_rl.config import TrainConfig  # noqa: E402
-from maml_rl.trainer import MAMLTrainer  # noqa: E402
+from maml_rl.config import TrainConfig
+from maml_rl.trainer import MAMLTrainer
 
 
 def test_matmul_flops_forward_backward_and_double_backward():
