@@ -223,13 +223,13 @@ def main() -> None:
     if args.roofline:
         keys += ROOFLINE_KEYS
     print(f"machine: {machine}; peak memory (max RSS): {peak_gb:.2f} GB")
-    print(f"{'':28s}" + "".join(f"{r['preset']:>18s}" for r in results))
-    print(f"{'device':28s}" + "".join(f"{r['device']:>18s}" for r in results))
+    print(f"{'':32s}" + "".join(f"{r['preset']:>22s}" for r in results))
+    print(f"{'device':32s}" + "".join(f"{r['device']:>22s}" for r in results))
     if args.sampler == "ray":
         for key in ("sampler", "ray_equals_local"):
-            print(f"{key:28s}" + "".join(f"{r[key]!s:>18s}" for r in results))
+            print(f"{key:32s}" + "".join(f"{r[key]!s:>22s}" for r in results))
     for key in keys:
-        print(f"{key:28s}" + "".join(f"{r[key]:18.3f}" for r in results))
+        print(f"{key:32s}" + "".join(f"{r[key]:22.3f}" for r in results))
     payload = {"machine": machine, "peak_rss_gb": peak_gb, "results": results}
     print(json.dumps(payload))
     if args.json:
