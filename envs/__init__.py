@@ -24,8 +24,8 @@ This package depends on gymnasium, mujoco and numpy only.
 
 from gymnasium import register
 
-from envs.task_family import TaskFamilyEnv, TaskFamilyVectorEnv, TaskSpace
-from envs.tasks import (
+from maml_envs.task_family import TaskFamilyEnv, TaskFamilyVectorEnv, TaskSpace
+from maml_envs.tasks import (
     Direction,
     DirectionTaskSpace,
     GoalPosition,
@@ -70,8 +70,8 @@ _FAMILIES += [
 for _name, _module, _cls, _horizon, _kwargs in _FAMILIES:
     register(
         id=f"MAML/{_name}-v0",
-        entry_point=f"envs.{_module}:{_cls}Env",
-        vector_entry_point=f"envs.{_module}:{_cls}VectorEnv",
+        entry_point=f"maml_envs.{_module}:{_cls}Env",
+        vector_entry_point=f"maml_envs.{_module}:{_cls}VectorEnv",
         max_episode_steps=_horizon,
         kwargs=_kwargs,
     )

@@ -42,16 +42,16 @@ import numpy as np
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.utils import EzPickle
 
-from envs.mujoco_vector import MujocoTaskVectorEnv, gymnasium_asset
-from envs.rewards import (
+from maml_envs.mujoco_vector import MujocoTaskVectorEnv, gymnasium_asset
+from maml_envs.rewards import (
     control_cost,
     direction_term,
     goal_position_l1_term,
     goal_velocity_term,
     sum_terms,
 )
-from envs.task_family import TaskFamilyEnv, TaskSpace, check_actions
-from envs.tasks import (
+from maml_envs.task_family import TaskFamilyEnv, TaskSpace, check_actions
+from maml_envs.tasks import (
     Direction,
     DirectionTaskSpace,
     GoalPosition,

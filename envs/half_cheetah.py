@@ -25,10 +25,10 @@ import numpy as np
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.utils import EzPickle
 
-from envs.mujoco_vector import MujocoTaskVectorEnv, gymnasium_asset
-from envs.rewards import control_cost, direction_term, goal_velocity_term, sum_terms
-from envs.task_family import TaskFamilyEnv, TaskSpace, check_actions
-from envs.tasks import Direction, DirectionTaskSpace, GoalVelocity, VelocityTaskSpace
+from maml_envs.mujoco_vector import MujocoTaskVectorEnv, gymnasium_asset
+from maml_envs.rewards import control_cost, direction_term, goal_velocity_term, sum_terms
+from maml_envs.task_family import TaskFamilyEnv, TaskSpace, check_actions
+from maml_envs.tasks import Direction, DirectionTaskSpace, GoalVelocity, VelocityTaskSpace
 
 TaskTerm = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

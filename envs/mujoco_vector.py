@@ -24,8 +24,8 @@ from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 from mujoco import batch as mj_batch
 
-from envs.rewards import sum_terms
-from envs.task_family import TaskFamilyVectorEnv, TaskSpace
+from maml_envs.rewards import sum_terms
+from maml_envs.task_family import TaskFamilyVectorEnv, TaskSpace
 
 
 def gymnasium_asset(xml_file: str) -> str:

@@ -15,8 +15,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
-from envs.task_family import TaskFamilyEnv, TaskFamilyVectorEnv, check_actions
-from envs.tasks import GoalPosition, GoalPositionTaskSpace
+from maml_envs.task_family import TaskFamilyEnv, TaskFamilyVectorEnv, check_actions
+from maml_envs.tasks import GoalPosition, GoalPositionTaskSpace
 
 MAX_SPEED = 0.1
 GOAL_TOLERANCE = 0.01

@@ -56,12 +56,12 @@ from gymnasium import spaces
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from gymnasium.utils import EzPickle
 
-from envs.ant import _direction_terms, _goal_terms, _velocity_terms, ant_reward_terms
-from envs.half_cheetah import _quiet_settotalmass, cheetah_reward_terms
-from envs.mujoco_vector import MujocoTaskVectorEnv, gymnasium_asset
-from envs.rewards import direction_term, goal_velocity_term, sum_terms
-from envs.task_family import TaskFamilyEnv, TaskSpace, check_actions
-from envs.tasks import (
+from maml_envs.ant import _direction_terms, _goal_terms, _velocity_terms, ant_reward_terms
+from maml_envs.half_cheetah import _quiet_settotalmass, cheetah_reward_terms
+from maml_envs.mujoco_vector import MujocoTaskVectorEnv, gymnasium_asset
+from maml_envs.rewards import direction_term, goal_velocity_term, sum_terms
+from maml_envs.task_family import TaskFamilyEnv, TaskSpace, check_actions
+from maml_envs.tasks import (
     Direction,
     DirectionTaskSpace,
     GoalPosition,

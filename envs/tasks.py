@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from envs.task_family import TaskSpace
+from maml_envs.task_family import TaskSpace
 
 
 def _is_real(value: Any) -> bool:

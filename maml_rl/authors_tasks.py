@@ -25,7 +25,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.tasks import Direction, GoalVelocity
+from maml_envs.tasks import Direction, GoalVelocity
 
 _SPECS: dict[str, tuple[int, float, float, Callable[[float], Any]]] = {
     "HalfCheetahVel": (1, 0.0, 2.0, lambda g: GoalVelocity(g)),

@@ -162,7 +162,7 @@ class RaySampler:
         max_retries: times one shard may be re-sampled in one call after its worker died.
         timeout_s: seconds to wait for a shard (and for the workers to start) before the worker
             is treated as dead.
-        imports: modules every worker imports first (what registers the task family; ``envs``
+        imports: modules every worker imports first (what registers the task family; ``maml_envs``
             for the built-in families).
         worker_hook: called on the worker with the shard indices before each shard (tests).
     """
@@ -179,7 +179,7 @@ class RaySampler:
         address: str = "local",
         max_retries: int = 3,
         timeout_s: float = 600.0,
-        imports: Sequence[str] = ("envs",),
+        imports: Sequence[str] = ("maml_envs",),
         worker_hook: Callable[[list[int]], None] | None = None,
         normalize_actions: bool = False,
     ) -> None:

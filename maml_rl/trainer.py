@@ -69,7 +69,7 @@ def prepare_env(config: TrainConfig) -> str:
             raise ValueError(
                 f"cannot import env_import module {config.env_import!r}: {err}"
             ) from err
-    importlib.import_module("envs")  # the built-in families
+    importlib.import_module("maml_envs")  # the built-in families
     return resolve_env_id(config.env_id)
 
 
@@ -153,7 +153,7 @@ class MAMLTrainer:
                 address=config.ray_address,
                 max_retries=config.ray_max_retries,
                 timeout_s=config.ray_timeout_s,
-                imports=["envs", *([config.env_import] if config.env_import else [])],
+                imports=["maml_envs", *([config.env_import] if config.env_import else [])],
             )
         else:
             self.sampler = VectorSampler.from_config(self.env_id, self.policy, config)

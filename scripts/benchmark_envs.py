@@ -21,7 +21,7 @@ import mujoco
 import numpy as np
 from mujoco import rollout
 
-import envs  # noqa: F401  (registers the MAML/ ids)
+import maml_envs  # noqa: F401  (registers the MAML/ ids)
 
 BASE_ENV = {"HalfCheetah": "HalfCheetah-v5", "Ant": "Ant-v5"}
 

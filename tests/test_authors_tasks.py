@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-import envs  # noqa: F401  (registers the families)
-from envs import Direction, GoalVelocity
+import maml_envs  # noqa: F401  (registers the families)
+from maml_envs import Direction, GoalVelocity
 from maml_rl.authors_tasks import authors_test_tasks, has_authors_test_tasks
 from maml_rl.cli import main
 from maml_rl.config import TrainConfig

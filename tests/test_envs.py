@@ -11,9 +11,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
-import envs
-from envs import Direction, GoalPosition, GoalVelocity
-from envs.ant import contact_cost
+import maml_envs
+from maml_envs import Direction, GoalPosition, GoalVelocity
+from maml_envs.ant import contact_cost
 
 ALL_IDS = [
     "MAML/Navigation2D-v0",
@@ -48,7 +48,7 @@ def test_registered_with_horizon_and_vector_entry_point(env_id):
     assert spec.max_episode_steps == HORIZON[env_id]
     assert spec.vector_entry_point is not None
     env = gym.make(env_id)
-    assert isinstance(env.unwrapped, envs.TaskFamilyEnv)
+    assert isinstance(env.unwrapped, maml_envs.TaskFamilyEnv)
 
 
 @pytest.mark.parametrize("env_id", ALL_IDS)
@@ -321,7 +321,7 @@ def test_vector_env_spaces_and_metadata(env_id):
     venv = make_vec(env_id, 3)
     single = gym.make(env_id)
     unwrapped = venv.unwrapped
-    assert isinstance(unwrapped, envs.TaskFamilyVectorEnv)
+    assert isinstance(unwrapped, maml_envs.TaskFamilyVectorEnv)
     assert unwrapped.metadata["autoreset_mode"] is AutoresetMode.DISABLED
     assert unwrapped.max_episode_steps == HORIZON[env_id]
     assert venv.single_observation_space == single.observation_space
@@ -484,3 +484,24 @@ def test_cheetah_models_compile_without_the_settotalmass_warning(capfd, tmp_path
     gym.make_vec("MAML/HalfCheetahDir-v0", num_envs=2, vectorization_mode="vector_entry_point")
     assert "settotalmass" not in capfd.readouterr().err
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_a_users_own_envs_package_does_not_hide_ours(tmp_path):
+    """Many RL projects have a top-level ``envs`` package; ours imports as ``maml_envs``."""
+    import subprocess
+    import sys
+
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "__init__.py").write_text("MINE = True\n")
+    code = (
+        "import envs, gymnasium as gym; assert envs.MINE\n"
+        "from maml_rl.trainer import prepare_env\n"
+        "from maml_rl.config import TrainConfig\n"
+        "env_id = prepare_env(TrainConfig())\n"
+        "print(gym.make(env_id).observation_space.shape)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(2,)"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers the ids)
-from envs import Direction, GoalPosition, GoalVelocity
-from envs.mujoco_vector import gymnasium_asset
+import maml_envs  # noqa: F401  (registers the ids)
+from maml_envs import Direction, GoalPosition, GoalVelocity
+from maml_envs.mujoco_vector import gymnasium_asset
 
 CHEETAH_IDS = ["MAML/HalfCheetahVel-rllab-v0", "MAML/HalfCheetahDir-rllab-v0"]
 ANT_IDS = ["MAML/AntVel-rllab-v0", "MAML/AntDir-rllab-v0", "MAML/AntGoal-rllab-v0"]

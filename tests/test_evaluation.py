@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-import envs  # noqa: F401  (registers the families)
+import maml_envs  # noqa: F401  (registers the families)
 from maml_rl.adaptation import inner_loss
 from maml_rl.advantages import compute_advantages
 from maml_rl.baselines import TaskObservationWrapper, load_oracle, make_oracle_env, run_kind

@@ -15,7 +15,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-import envs  # noqa: E402, F401  (registers the families)
+import maml_envs  # noqa: E402, F401  (registers the families)
 from maml_rl.config import TrainConfig  # noqa: E402
 from maml_rl.policy import GaussianMLPPolicy, replicate  # noqa: E402
 from maml_rl.ray_sampler import RaySampler, import_ray, shard_indices  # noqa: E402

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-import envs  # noqa: F401  (registers the families)
+import maml_envs  # noqa: F401  (registers the families)
 from maml_rl.policy import GaussianMLPPolicy, replicate
 from maml_rl.sampler import VectorSampler
 
