@@ -36,7 +36,7 @@ import yaml
 
 from maml_rl.config import TrainConfig, from_dict
 from maml_rl.errors import CheckpointError
-from maml_rl.sampler import make_batched_env, task_seeds, unnormalize_actions
+from maml_rl.sampler import make_batched_env, make_family_env, task_seeds, unnormalize_actions
 from maml_rl.trainer import CONFIG_NAME, derive_seed, prepare_env, train
 
 BASELINE_NAME = "baseline.yaml"
@@ -143,7 +143,7 @@ def make_oracle_env(config: TrainConfig, index: int = 0, task: Any = None) -> gy
     if config.max_episode_steps is not None:
         kwargs["max_episode_steps"] = config.max_episode_steps
     rng = np.random.default_rng(derive_seed(config.seed, index, _ORACLE_TASKS))
-    env = gym.make(env_id, **kwargs)
+    env = make_family_env(env_id, kwargs)
     if config.normalize_actions:  # PPO acts in [-1, 1]^d, as the meta-learned policies
         low, high = env.action_space.low, env.action_space.high
         unit = gym.spaces.Box(-1.0, 1.0, low.shape, env.action_space.dtype)

@@ -42,7 +42,13 @@ from maml_rl.files import (
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
 from maml_rl.monitor import ITERATION_KEY, log_config, make_logger, truncate_progress
 from maml_rl.policy import GaussianMLPPolicy
-from maml_rl.sampler import Sampler, VectorSampler, resolve_env_id
+from maml_rl.sampler import (
+    Sampler,
+    VectorSampler,
+    import_user_module,
+    make_family_env,
+    resolve_env_id,
+)
 from maml_rl.trpo import TRPOResult
 
 CONFIG_NAME = "config.yaml"
@@ -77,12 +83,7 @@ _TASKS, _INNER, _VALID, _FISHER = 0, 1, 2, 3
 def prepare_env(config: TrainConfig) -> str:
     """Import what registers the family and return the resolved Gymnasium id."""
     if config.env_import:
-        try:
-            importlib.import_module(config.env_import)
-        except ImportError as err:
-            raise ValueError(
-                f"cannot import env_import module {config.env_import!r}: {err}"
-            ) from err
+        import_user_module(config.env_import, "env_import module")
     importlib.import_module("envs")  # the built-in families
     return resolve_env_id(config.env_id)
 
@@ -144,7 +145,7 @@ class MAMLTrainer:
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device=cuda was asked for but torch sees no CUDA device")
-        self.family = gym.make(self.env_id, **config.env_kwargs).unwrapped
+        self.family = make_family_env(self.env_id, config.env_kwargs).unwrapped
         if not hasattr(self.family, "sample_tasks"):
             raise ValueError(
                 f"{self.env_id} is not a task family: its env has no sample_tasks(n, rng)"
@@ -498,7 +499,7 @@ def load_policy(path: str | Path) -> tuple[GaussianMLPPolicy, TrainConfig]:
     state = load_checkpoint(path)
     config = from_dict(state["config"]).validate()
     env_id = prepare_env(config)
-    env = gym.make(env_id, **config.env_kwargs)
+    env = make_family_env(env_id, config.env_kwargs)
     policy = make_policy(env, config)
     policy.load_state_dict(state["policy"])
     env.close()
