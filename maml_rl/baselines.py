@@ -36,8 +36,9 @@ import yaml
 
 from maml_rl.config import TrainConfig, from_dict
 from maml_rl.errors import CheckpointError
+from maml_rl.files import atomic_write, atomic_write_text, lock_run_folder
 from maml_rl.sampler import make_batched_env, make_family_env, task_seeds, unnormalize_actions
-from maml_rl.trainer import CONFIG_NAME, derive_seed, prepare_env, train
+from maml_rl.trainer import CONFIG_NAME, derive_seed, prepare_env, remove_unused_run_folder, train
 
 BASELINE_NAME = "baseline.yaml"
 ORACLE_MODEL = "oracle.zip"
@@ -70,7 +71,7 @@ def _run_dir(config: TrainConfig, kind: str, run_dir: str | Path | None) -> Path
 def _write_marker(run_dir: Path, kind: str, **details: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump({"kind": kind, **details}, sort_keys=True)
-    (run_dir / BASELINE_NAME).write_text(text)
+    atomic_write_text(run_dir / BASELINE_NAME, text)
 
 
 # -- pretrained ----------------------------------------------------------------------------------
@@ -179,9 +180,6 @@ def train_oracle(
     SB3's logger writes ``progress.csv`` and TensorBoard events into the folder.
     """
     from stable_baselines3 import PPO
-    from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
     extra = dict(ppo_kwargs or {})
     policy_kwargs = extra.pop("policy_kwargs", None) or {}
@@ -195,7 +193,31 @@ def train_oracle(
     folder = _run_dir(config, "oracle", run_dir)
     if (folder / ORACLE_MODEL).exists():
         raise FileExistsError(f"{folder} already holds an oracle")
-    folder.mkdir(parents=True, exist_ok=True)
+    created = not folder.exists()
+    try:
+        with lock_run_folder(folder):
+            _fit_oracle(config, folder, timesteps, n_envs, stdout, extra, policy_kwargs)
+    finally:
+        if created and not (folder / ORACLE_MODEL).exists():
+            remove_unused_run_folder(folder)  # a failed or interrupted start: nothing to evaluate
+    return folder
+
+
+def _fit_oracle(
+    config: TrainConfig,
+    folder: Path,
+    timesteps: int,
+    n_envs: int,
+    stdout: bool,
+    extra: dict[str, Any],
+    policy_kwargs: dict[str, Any],
+) -> None:
+    """:func:`train_oracle` once ``folder`` is locked; the archive is written atomically."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     venv = DummyVecEnv([lambda i=i: Monitor(make_oracle_env(config, i)) for i in range(n_envs)])
@@ -213,9 +235,11 @@ def train_oracle(
     model = PPO("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **settings)
     outputs = ["csv", "tensorboard", *(["stdout"] if stdout else [])]
     model.set_logger(configure(str(folder), outputs))
-    (folder / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+    atomic_write_text(folder / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=True))
     model.learn(total_timesteps=timesteps, progress_bar=False)
-    model.save(folder / ORACLE_MODEL)
+    archive = io.BytesIO()
+    model.save(archive)
+    atomic_write(folder / ORACLE_MODEL, lambda f: f.write(archive.getvalue()))
     venv.close()
     _write_marker(
         folder,
@@ -226,7 +250,6 @@ def train_oracle(
         ppo=_plain(settings),
         hidden_sizes=list(config.hidden_sizes),
     )
-    return folder
 
 
 def load_oracle(path: str | Path) -> tuple[Any, TrainConfig]:

@@ -346,13 +346,13 @@ def train(
             )
     finally:
         if created:
-            _remove_if_unused(run_dir)
+            remove_unused_run_folder(run_dir)
 
 
 _RUN_FILES = ("checkpoint.pt", CONFIG_NAME, "progress.csv", "events.out.tfevents.*")
 
 
-def _remove_if_unused(run_dir: Path) -> None:
+def remove_unused_run_folder(run_dir: Path) -> None:
     """Delete a run folder that holds no completed iteration: only this package's own files
     (lock, config, empty log, iteration-0 checkpoint); anything else keeps the folder."""
     if not run_dir.is_dir():

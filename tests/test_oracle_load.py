@@ -88,3 +88,20 @@ def test_pickled_policy_kwargs_are_refused_with_one_line(tmp_path):
             z.writestr(name, content)
     with pytest.raises(CheckpointError, match="policy_kwargs are pickled objects"):
         load_oracle(folder)
+
+
+def test_an_interrupted_oracle_training_leaves_no_folder_and_locks_it(tmp_path, monkeypatch):
+    from stable_baselines3 import PPO
+
+    from maml_rl.baselines import train_oracle
+    from maml_rl.config import TrainConfig
+
+    def interrupted(self, *args, **kwargs):
+        assert (tmp_path / "o" / ".lock").is_file()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PPO, "learn", interrupted)
+    config = TrainConfig(hidden_sizes=[8]).validate()
+    with pytest.raises(KeyboardInterrupt):
+        train_oracle(config, tmp_path / "o", timesteps=64, n_envs=2, stdout=False)
+    assert not (tmp_path / "o").exists()
