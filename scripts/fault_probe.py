@@ -17,6 +17,7 @@ import argparse
 import csv
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,7 +121,9 @@ def trial(base: Path, name: str, rng: random.Random, stats: dict[str, int]) -> b
 
 def concurrent(base: Path, iterations: int, stats: dict[str, int]) -> None:
     """Two resumes into one folder at once (each asking for more iterations): one may run."""
-    run = base / "reference"
+    run = base / "concurrent"
+    if not run.exists():
+        shutil.copytree(base / "reference", run)
     more = ["--set", f"num_iterations={iterations}"]
     a, b = (
         start(["train", "--resume", str(run), *more]),
@@ -154,12 +157,13 @@ def main() -> None:
             ["train", "--quiet", "--set", *SETTINGS, f"log_dir={base}", "run_name=reference"]
         )
         assert ref.wait(timeout=600) == 0, ref.stderr.read() if ref.stderr else ""
+        for i in range(args.concurrent):
+            concurrent(base, 30 + 5 * i, stats)
+            print(f"concurrent {i}: {stats}", flush=True)
         for i in range(args.trials):
             equal = trial(base, f"trial{i}", rng, stats)
             stats["runs equal to the uninterrupted one"] += int(equal)
-            print(f"trial {i}: {'equal' if equal else 'DIFFERENT'}", flush=True)
-        for i in range(args.concurrent):
-            concurrent(base, 30 + 5 * i, stats)
+            print(f"trial {i}: {'equal' if equal else 'DIFFERENT'} {stats}", flush=True)
     print(f"{args.trials} trials:")
     for key, value in stats.items():
         print(f"  {key}: {value}")
