@@ -132,3 +132,38 @@ def compute_advantages(
     values = linear_baseline_values(obs_t, mask_t, returns)
     adv = gae(rewards_t, values, mask_t, gamma, gae_lambda)
     return normalize_per_task(adv, mask_t) if normalize else adv
+
+
+def unusable_reason(
+    rewards_t: Tensor, mask_t: Tensor, adv_t: Tensor, normalized: bool
+) -> str | None:
+    """Why advantages ``adv_t`` computed from ``rewards_t`` cannot be learned from, or None.
+
+    Shapes ``[T, M, K]``; only valid steps (``mask_t`` > 0) count. Unusable: a reward that is
+    NaN or infinite; an advantage that is not finite; and, with per-task normalisation, a task
+    whose rewards vary while all its advantages are exactly 0 (their variance overflowed
+    float32, so dividing by an infinite standard deviation erased them; rewards near 1e20 do
+    this). Only reads its inputs: the advantages themselves are never changed.
+    """
+    valid = mask_t > 0
+    bad = valid & ~torch.isfinite(rewards_t)
+    if bool(bad.any()):
+        t, m, _ = (int(i) for i in bad.nonzero()[0])
+        kind = "NaN" if bool(torch.isnan(rewards_t[bad]).any()) else "infinite"
+        return f"the environment returned {kind} rewards (task {m} of the batch, step {t})"
+    if not bool(torch.isfinite(adv_t[valid]).all()):
+        scale = float(rewards_t[valid].abs().max())
+        return f"advantages are not finite (rewards up to |r| = {scale:.3g}); scale rewards down"
+    if normalized:
+        low = torch.where(valid, rewards_t, torch.inf).amin(dim=(0, 2))
+        high = torch.where(valid, rewards_t, -torch.inf).amax(dim=(0, 2))
+        vanished = (high > low) & ((adv_t * mask_t).abs().amax(dim=(0, 2)) == 0)
+        if bool(vanished.any()):
+            m = int(vanished.nonzero()[0])
+            scale = float(rewards_t[:, m][valid[:, m]].abs().max())
+            return (
+                f"the advantages of task {m} of the batch are all 0 although its rewards vary: "
+                f"rewards up to |r| = {scale:.3g} overflow float32 when normalised; scale the "
+                "rewards down"
+            )
+    return None

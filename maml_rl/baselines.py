@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import io
+import json
 import math
+import pickle
+import zipfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -31,8 +35,10 @@ import torch
 import yaml
 
 from maml_rl.config import TrainConfig, from_dict
-from maml_rl.sampler import make_batched_env, task_seeds, unnormalize_actions
-from maml_rl.trainer import CONFIG_NAME, derive_seed, prepare_env, train
+from maml_rl.errors import CheckpointError
+from maml_rl.files import atomic_write, atomic_write_text, lock_run_folder
+from maml_rl.sampler import make_batched_env, make_family_env, task_seeds, unnormalize_actions
+from maml_rl.trainer import CONFIG_NAME, derive_seed, prepare_env, remove_unused_run_folder, train
 
 BASELINE_NAME = "baseline.yaml"
 ORACLE_MODEL = "oracle.zip"
@@ -65,7 +71,7 @@ def _run_dir(config: TrainConfig, kind: str, run_dir: str | Path | None) -> Path
 def _write_marker(run_dir: Path, kind: str, **details: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump({"kind": kind, **details}, sort_keys=True)
-    (run_dir / BASELINE_NAME).write_text(text)
+    atomic_write_text(run_dir / BASELINE_NAME, text)
 
 
 # -- pretrained ----------------------------------------------------------------------------------
@@ -138,7 +144,7 @@ def make_oracle_env(config: TrainConfig, index: int = 0, task: Any = None) -> gy
     if config.max_episode_steps is not None:
         kwargs["max_episode_steps"] = config.max_episode_steps
     rng = np.random.default_rng(derive_seed(config.seed, index, _ORACLE_TASKS))
-    env = gym.make(env_id, **kwargs)
+    env = make_family_env(env_id, kwargs)
     if config.normalize_actions:  # PPO acts in [-1, 1]^d, as the meta-learned policies
         low, high = env.action_space.low, env.action_space.high
         unit = gym.spaces.Box(-1.0, 1.0, low.shape, env.action_space.dtype)
@@ -174,9 +180,6 @@ def train_oracle(
     SB3's logger writes ``progress.csv`` and TensorBoard events into the folder.
     """
     from stable_baselines3 import PPO
-    from stable_baselines3.common.logger import configure
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
     extra = dict(ppo_kwargs or {})
     policy_kwargs = extra.pop("policy_kwargs", None) or {}
@@ -190,7 +193,31 @@ def train_oracle(
     folder = _run_dir(config, "oracle", run_dir)
     if (folder / ORACLE_MODEL).exists():
         raise FileExistsError(f"{folder} already holds an oracle")
-    folder.mkdir(parents=True, exist_ok=True)
+    created = not folder.exists()
+    try:
+        with lock_run_folder(folder):
+            _fit_oracle(config, folder, timesteps, n_envs, stdout, extra, policy_kwargs)
+    finally:
+        if created and not (folder / ORACLE_MODEL).exists():
+            remove_unused_run_folder(folder)  # a failed or interrupted start: nothing to evaluate
+    return folder
+
+
+def _fit_oracle(
+    config: TrainConfig,
+    folder: Path,
+    timesteps: int,
+    n_envs: int,
+    stdout: bool,
+    extra: dict[str, Any],
+    policy_kwargs: dict[str, Any],
+) -> None:
+    """:func:`train_oracle` once ``folder`` is locked; the archive is written atomically."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     venv = DummyVecEnv([lambda i=i: Monitor(make_oracle_env(config, i)) for i in range(n_envs)])
@@ -208,9 +235,11 @@ def train_oracle(
     model = PPO("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **settings)
     outputs = ["csv", "tensorboard", *(["stdout"] if stdout else [])]
     model.set_logger(configure(str(folder), outputs))
-    (folder / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+    atomic_write_text(folder / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=True))
     model.learn(total_timesteps=timesteps, progress_bar=False)
-    model.save(folder / ORACLE_MODEL)
+    archive = io.BytesIO()
+    model.save(archive)
+    atomic_write(folder / ORACLE_MODEL, lambda f: f.write(archive.getvalue()))
     venv.close()
     _write_marker(
         folder,
@@ -221,20 +250,81 @@ def train_oracle(
         ppo=_plain(settings),
         hidden_sizes=list(config.hidden_sizes),
     )
-    return folder
 
 
 def load_oracle(path: str | Path) -> tuple[Any, TrainConfig]:
-    """The PPO model and family config of an oracle run folder (or its ``oracle.zip``)."""
-    from stable_baselines3 import PPO
+    """The PPO policy and family config of an oracle run folder (or its ``oracle.zip``).
 
+    Never unpickles: stable-baselines3's ``PPO.load`` would unpickle the archive's ``data``
+    entries (code could run). Instead the policy is rebuilt as an ``ActorCriticPolicy`` on the
+    spaces of the run's own oracle env (:func:`make_oracle_env` of its ``config.yaml``), with the
+    ``policy_kwargs`` and ``use_sde`` stored as plain JSON in ``data``, and its weights read from
+    ``policy.pth`` with ``torch.load(weights_only=True)``. Its ``predict`` is the one
+    ``PPO.predict`` calls. An archive whose ``policy_kwargs`` are pickled objects, or whose
+    weights do not fit, is a :class:`~maml_rl.errors.CheckpointError`.
+    """
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     model_path = folder / ORACLE_MODEL
     if not model_path.is_file():
         raise FileNotFoundError(f"no oracle model at {model_path}")
     config = from_dict(yaml.safe_load((folder / CONFIG_NAME).read_text())).validate()
-    return PPO.load(model_path, device="cpu"), config
+    policy_kwargs, use_sde, weights = _read_oracle_archive(model_path)
+    env = make_oracle_env(config)
+    try:
+        return _oracle_policy(model_path, env, policy_kwargs, use_sde, weights), config
+    finally:
+        env.close()
+
+
+def _read_oracle_archive(model_path: Path) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """``policy_kwargs`` and ``use_sde`` (plain JSON) and the ``policy.pth`` weights of an SB3
+    archive, read without unpickling."""
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            data = json.loads(archive.read("data"))
+            weights = torch.load(
+                io.BytesIO(archive.read("policy.pth")), map_location="cpu", weights_only=True
+            )
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{model_path} is not a readable oracle archive: {err}") from None
+    policy_kwargs = data.get("policy_kwargs") or {}
+    if not isinstance(policy_kwargs, dict) or ":serialized:" in policy_kwargs:
+        raise CheckpointError(
+            f"{model_path}: its policy_kwargs are pickled objects, which maml-rl does not load "
+            "(oracles trained by maml-rl store plain values)"
+        )
+    return policy_kwargs, bool(data.get("use_sde", False)), weights
+
+
+def _oracle_policy(
+    model_path: Path,
+    env: gym.Env,
+    policy_kwargs: dict[str, Any],
+    use_sde: bool,
+    weights: dict[str, Any],
+) -> Any:
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    with torch.random.fork_rng():  # building draws initial weights; keep the caller's stream
+        policy = ActorCriticPolicy(
+            env.observation_space,
+            env.action_space,
+            lambda _: 0.0,
+            use_sde=use_sde,
+            **policy_kwargs,
+        )
+        try:
+            policy.load_state_dict(weights)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{model_path}: its weights do not fit the run's oracle policy: {first}"
+            ) from None
+        if use_sde:
+            policy.reset_noise()
+    policy.set_training_mode(False)
+    return policy
 
 
 def evaluate_oracle(
@@ -246,6 +336,9 @@ def evaluate_oracle(
     deterministic: bool = False,
 ) -> np.ndarray:
     """Mean return of ``episodes_per_task`` rollouts per task, all tasks in one batched env.
+
+    ``model`` is anything with SB3's ``predict(obs, deterministic=...)``: the policy of
+    :func:`load_oracle` or a PPO model.
 
     Actions are sampled from the PPO policy, like every other method's (``deterministic``: its
     mean action instead), and clipped to the action space; initial states come from the same

@@ -7,7 +7,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from maml_rl.config import ConfigError, load_config, preset_names
+from maml_rl.config import (
+    DEFAULT_CONFIG_NAME,
+    ConfigError,
+    key_docs,
+    load_config,
+    preset_names,
+    preset_summary,
+)
+from maml_rl.errors import RunFailure
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -23,7 +31,7 @@ def _train(args: argparse.Namespace) -> int:
             resume_overrides=parse_overrides(args.set),
         )
     else:
-        config = load_config(args.config, args.set)
+        config = _load_config(args)
         run_dir = train(config, stdout=not args.quiet)
     print(f"run folder: {run_dir}")
     return 0
@@ -101,7 +109,7 @@ def _baseline(args: argparse.Namespace) -> int:
     from maml_rl.baselines import train_oracle, train_pretrained
     from maml_rl.config import parse_overrides
 
-    config = load_config(args.config, args.set)
+    config = _load_config(args)
     if args.ppo_set and args.kind != "oracle":
         raise ConfigError("--ppo-set applies to --kind oracle only")
     if args.kind == "pretrained":
@@ -119,11 +127,25 @@ def _baseline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_args(p: argparse.ArgumentParser, default: str | None = "navigation") -> None:
+def _load_config(args: argparse.Namespace):  # -> TrainConfig
+    """The config of ``--config`` and ``--set``; without ``--config``, TrainConfig's defaults,
+    said on stderr (they are the 2D-navigation preset's settings, whatever ``env_id`` is)."""
+    if args.config is None:
+        print(
+            "maml-rl: no --config: using the defaults (the paper's 2D-navigation settings: "
+            "20 tasks x 20 episodes, 500 iterations, 2x100 MLP; `maml-rl train --help` lists "
+            "every key)",
+            file=sys.stderr,
+        )
+    return load_config(args.config, args.set)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
-        default=default,
-        help=f"preset name ({', '.join(preset_names())}) or a YAML file",
+        default=None,
+        help="a preset name (`maml-rl presets`) or a YAML file of config keys; default: the "
+        f"built-in defaults listed below (run name '{DEFAULT_CONFIG_NAME}')",
     )
     p.add_argument(
         "--set",
@@ -160,7 +182,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also evaluate an untrained policy (from --config, else the first run's config)",
     )
-    _add_config_args(p, default=None)
+    _add_config_args(p)
     p.add_argument("--num-tasks", type=int, default=40, help="test tasks (default 40)")
     p.add_argument("--num-steps", type=int, default=3, help="gradient steps (default 3)")
     p.add_argument(
@@ -242,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maml-rl", description="Model-Agnostic Meta-Learning for RL (MAML-TRPO)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="meta-train a policy with MAML-TRPO")
+    p = sub.add_parser(
+        "train",
+        help="meta-train a policy with MAML-TRPO",
+        description="Meta-train a policy with MAML-TRPO into runs/<env>__<config>__<seed>__<time>.",
+        epilog=_keys_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_config_args(p)
     p.add_argument(
         "--resume",
@@ -260,19 +288,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", help="legend name per run, in order")
     p.set_defaults(func=_curves)
     p = sub.add_parser("presets", help="list the shipped presets")
-    p.set_defaults(func=lambda a: print("\n".join(preset_names())) or 0)
+    p.set_defaults(func=_presets)
     return parser
 
 
+def _presets(args: argparse.Namespace) -> int:
+    names = preset_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name.ljust(width)}  {preset_summary(name)}")
+    print("\nmaml-rl train --config NAME [--set key=value ...]; keys: maml-rl train --help")
+    return 0
+
+
+def _keys_epilog() -> str:
+    """Every config key with its default and what it does, for ``train --help``."""
+    lines = ["config keys (--set key=value, values as YAML; default in brackets):"]
+    for key, default, doc in key_docs():
+        shown = "null" if default is None else default
+        lines.append(f"  {key} [{shown}]: {doc}")
+    return "\n".join(lines)
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+"""A command that cannot be done as given (bad config, path, checkpoint, busy folder): exit 2."""
+RUN_FAILURES = (RunFailure, OSError, ImportError, FloatingPointError)
+"""The run could not go on (cluster, disk, missing optional package, unusable numbers): exit 1."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; every expected failure is one line on stderr (``maml-rl: error:
+    ...``) and exit code 2 (the user's input) or 1 (the machine, cluster or numbers)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"maml-rl: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"maml-rl: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except RUN_FAILURES as err:
+        print(f"maml-rl: error: {_one_line(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -6,18 +6,33 @@ parsed as YAML: ``inner_lr=0.5``, ``hidden_sizes=[64,64]``, ``first_order=true``
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from maml_rl.adaptation import INNER_OBJECTIVES
-from maml_rl.meta_learner import HVP_METHODS
-from maml_rl.policy import NONLINEARITIES
-
 SAMPLERS = ("vector", "ray")
+DEFAULT_CONFIG_NAME = "default"
+_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "list[int]": (list,),
+    "dict[str, Any]": (dict,),
+}
+_TYPE_WORDS = {
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "list[int]": "a list",
+    "dict[str, Any]": "a mapping",
+}
 
 
 class ConfigError(ValueError):
@@ -118,7 +133,16 @@ class TrainConfig:
     counts as dead."""
 
     def validate(self) -> TrainConfig:
-        """Raise :class:`ConfigError` naming the first bad value; return self."""
+        """Raise :class:`ConfigError` naming the first bad value; return self.
+
+        Every key is first checked against its declared type (booleans must be true or false,
+        not a string such as ``yes-please``; integers are not booleans), then its range.
+        """
+        from maml_rl.adaptation import INNER_OBJECTIVES
+        from maml_rl.meta_learner import HVP_METHODS
+        from maml_rl.policy import NONLINEARITIES
+
+        _check_types(self)
 
         def need(ok: bool, key: str, what: str) -> None:
             if not ok:
@@ -218,6 +242,24 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _check_types(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for the first value whose type is not its field's."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        declared = str(f.type)
+        optional = declared.endswith(" | None")
+        base = declared.removesuffix(" | None")
+        if value is None and optional:
+            continue
+        types = _TYPES.get(base)
+        if types is None:
+            continue
+        bad_bool = isinstance(value, bool) and bool not in types
+        if bad_bool or not isinstance(value, types):
+            what = _TYPE_WORDS[base] + (" or null" if optional else "")
+            raise ConfigError(f"bad value for {f.name!r}: {value!r} (must be {what})")
+
+
 PRESET_DIR = Path(__file__).parent / "presets"
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -228,10 +270,41 @@ def preset_names() -> list[str]:
 
 
 def _read_mapping(text: str, origin: str) -> dict[str, Any]:
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{origin} is not valid YAML: {problem}{where}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must hold a mapping of config keys, got {type(data).__name__}")
     return data
+
+
+def preset_summary(name: str) -> str:
+    """A preset's first comment line (what it is), e.g. ``2D navigation, the paper's settings``."""
+    first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[:1]
+    return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+
+
+def key_docs() -> list[tuple[str, Any, str]]:
+    """``(key, default, first sentence of its docstring)`` for every :class:`TrainConfig` key,
+    read from this file's source (no torch import: ``--help`` stays fast)."""
+    tree = ast.parse(Path(__file__).read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
+    docs: dict[str, str] = {}
+    body = cls.body
+    for node, after in zip(body, [*body[1:], None]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            text = " ".join(str(after.value.value).split()) if is_doc else ""
+            docs[node.target.id] = re.split(r"\.\s+(?=[A-Z])", text.replace("``", ""))[0]
+    defaults = TrainConfig()
+    return [
+        (f.name, getattr(defaults, f.name), docs.get(f.name, ""))
+        for f in dataclasses.fields(TrainConfig)
+    ]
 
 
 def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
@@ -256,24 +329,30 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
-    """Build a validated config from a preset name or a YAML file, then ``key=value`` overrides."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise ConfigError(f"config file {name_or_path!r} does not exist")
-        values = _read_mapping(path.read_text(), str(path))
-        name = path.stem
-    elif name_or_path in preset_names():
-        text = (PRESET_DIR / f"{name_or_path}.yaml").read_text()
-        values = _read_mapping(text, f"preset {name_or_path}")
-        name = name_or_path
+def load_config(name_or_path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Build a validated config from a preset name or a YAML file (None: :class:`TrainConfig`'s
+    defaults, named ``default``), then ``key=value`` overrides."""
+    if name_or_path is None:
+        values: dict[str, Any] = {}
+        name = DEFAULT_CONFIG_NAME
     else:
-        raise ConfigError(
-            f"unknown config {name_or_path!r}: not a YAML file and not a preset "
-            f"({', '.join(preset_names())})"
-        )
+        values, name = _read_config(name_or_path)
     values.setdefault("config_name", name)
     config = from_dict(values)
     config = from_dict(parse_overrides(overrides or []), config)
     return config.validate()
+
+
+def _read_config(name_or_path: str) -> tuple[dict[str, Any], str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file {name_or_path!r} does not exist")
+        return _read_mapping(path.read_text(), str(path)), path.stem
+    if name_or_path in preset_names():
+        text = (PRESET_DIR / f"{name_or_path}.yaml").read_text()
+        return _read_mapping(text, f"preset {name_or_path}"), name_or_path
+    raise ConfigError(
+        f"unknown config {name_or_path!r}: not a YAML file and not a preset "
+        f"({', '.join(preset_names())})"
+    )

@@ -32,7 +32,7 @@ from maml_rl.authors_tasks import authors_test_tasks
 from maml_rl.batch import loss_inputs
 from maml_rl.config import TrainConfig
 from maml_rl.policy import GaussianMLPPolicy, Params
-from maml_rl.sampler import VectorSampler
+from maml_rl.sampler import VectorSampler, make_family_env
 from maml_rl.trainer import derive_seed, load_policy, make_policy, prepare_env
 
 TEST_TASK_SOURCES = ("seeded", "authors")
@@ -103,7 +103,7 @@ def sample_test_tasks(
     """The N test tasks of a family: drawn with the test seed (``seeded``, the same on every
     call) or the authors' fixed ones (``authors``), validated by the family's task space."""
     env_id = prepare_env(config)
-    env = gym.make(env_id, **config.env_kwargs)
+    env = make_family_env(env_id, config.env_kwargs)
     try:
         if source == "authors":
             space = env.unwrapped.task_space
@@ -206,7 +206,7 @@ def adapt_and_evaluate(
 
 def random_policy(config: TrainConfig) -> GaussianMLPPolicy:
     """An untrained policy: the initialisation a run with this config starts from."""
-    env = gym.make(prepare_env(config), **config.env_kwargs)
+    env = make_family_env(prepare_env(config), config.env_kwargs)
     try:
         torch.manual_seed(config.seed)
         return make_policy(env, config)

@@ -9,50 +9,109 @@ from typing import Any
 
 import yaml
 from stable_baselines3.common.logger import (
-    CSVOutputFormat,
     HParam,
     HumanOutputFormat,
     KVWriter,
     Logger,
     TensorBoardOutputFormat,
+    filter_excluded_keys,
 )
+
+from maml_rl.files import atomic_write
 
 PROGRESS_CSV = "progress.csv"
 ITERATION_KEY = "time/iteration"
 
 
-class _AppendingCSVOutputFormat(CSVOutputFormat):
-    """CSV output that continues an existing file (same columns) instead of truncating it."""
+def read_progress(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the complete rows of a ``progress.csv`` (missing file: no rows).
 
-    def __init__(self, filename: str) -> None:
-        path = Path(filename)
-        header: list[str] = []
-        if path.is_file():
-            with path.open() as f:
-                header = next(csv.reader(f), [])
-        self.file = open(filename, "a+")
-        self.keys = header
-        self.separator = ","
-        self.quotechar = '"'
-
-
-def truncate_progress(run_dir: Path, last_iteration: int) -> None:
-    """Drop CSV rows logged after ``last_iteration`` (work lost by an interruption)."""
-    path = run_dir / PROGRESS_CSV
+    A row with fewer or more fields than the header (the partial last line a kill mid-write
+    leaves) is skipped, never an error.
+    """
+    path = Path(path)
     if not path.is_file():
-        return
-    with path.open() as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    col = header.index(ITERATION_KEY) if ITERATION_KEY in header else None
-    if col is not None:
-        body = [r for r in body if r[col] and int(float(r[col])) <= last_iteration]
-    with path.open("w", newline="") as f:
+        return [], []
+    with path.open(newline="") as f:
+        lines = list(csv.reader(f))
+    if not lines:
+        return [], []
+    header = lines[0]
+    rows = [dict(zip(header, r)) for r in lines[1:] if len(r) == len(header)]
+    return header, rows
+
+
+def _iteration(row: dict[str, str]) -> int | None:
+    try:
+        return int(float(row.get(ITERATION_KEY) or "nan"))
+    except ValueError:
+        return None
+
+
+def _write_table(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    """Replace ``path`` atomically by ``header`` and ``rows`` (missing cells empty)."""
+
+    def write(f: Any) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
-        writer.writerows(body)
+        writer.writerows([[row.get(k, "") for k in header] for row in rows])
+
+    atomic_write(path, write, mode="w")
+
+
+def truncate_progress(run_dir: Path, last_iteration: int) -> int:
+    """Keep only the complete CSV rows of iterations 1..``last_iteration`` (dropping work an
+    interruption lost, and a partial last line); the file is replaced atomically, so a kill
+    here leaves the old file. Returns the number of iteration rows kept."""
+    path = run_dir / PROGRESS_CSV
+    header, rows = read_progress(path)
+    if not header:
+        return 0
+    kept = [r for r in rows if (i := _iteration(r)) is not None and i <= last_iteration]
+    _write_table(path, header, kept)
+    return len(kept)
+
+
+class CrashSafeCSVOutputFormat(KVWriter):
+    """``progress.csv`` for stable-baselines3's logger, safe to interrupt and to continue.
+
+    Rows are appended (and flushed) one per ``dump``, formatted as SB3's ``CSVOutputFormat``
+    formats them. When a row brings a column the file lacks, the whole file is rewritten
+    atomically with the new header, earlier rows getting empty cells (SB3 rewrites in place,
+    which on an appended file duplicated the header and the rows). ``resume`` continues an
+    existing file and its columns; otherwise the file starts empty.
+    """
+
+    def __init__(self, filename: str | Path, resume: bool = False) -> None:
+        self.path = Path(filename)
+        self.keys: list[str] = read_progress(self.path)[0] if resume else []
+        if not resume or not self.path.is_file():
+            atomic_write(self.path, lambda f: None, mode="w")
+        self.file = self.path.open("a", newline="")
+
+    def write(
+        self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0
+    ) -> None:
+        values = filter_excluded_keys(key_values, key_excluded, "csv")
+        extra = [k for k in values if k not in self.keys]
+        if extra:
+            self.file.close()
+            _, rows = read_progress(self.path)
+            self.keys = [*self.keys, *extra]
+            _write_table(self.path, self.keys, rows)
+            self.file = self.path.open("a", newline="")
+        self.file.write(",".join(_cell(values.get(k)) for k in self.keys) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell as SB3's CSV writer writes it: strings quoted (quotes doubled), None empty."""
+    if isinstance(value, str):
+        return '"' + value.replace('"', '""') + '"'
+    return "" if value is None else str(value)
 
 
 class _AboveProgressBar:
@@ -77,7 +136,7 @@ def make_logger(
         stream = _AboveProgressBar() if progress_bar else sys.stdout
         formats.append(HumanOutputFormat(stream, max_length=48))
     csv_path = str(run_dir / PROGRESS_CSV)
-    formats.append(_AppendingCSVOutputFormat(csv_path) if resume else CSVOutputFormat(csv_path))
+    formats.append(CrashSafeCSVOutputFormat(csv_path, resume=resume))
     formats.append(TensorBoardOutputFormat(str(run_dir)))
     return Logger(folder=str(run_dir), output_formats=formats)
 

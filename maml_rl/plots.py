@@ -118,16 +118,19 @@ def plot_training_curves(
     run_dirs: list[Path], path: str | Path, labels: list[str] | None = None
 ) -> Path:
     """Pre- and post-adaptation return (mean over the meta-batch) per meta-iteration, read from
-    each run's ``progress.csv``; post-adaptation solid, pre-adaptation dashed."""
-    import csv
+    each run's ``progress.csv``; post-adaptation solid, pre-adaptation dashed. A partial last
+    row (a run killed mid-write) is left out; a run without logged iterations is a
+    ``ValueError`` naming it."""
+    from maml_rl.monitor import ITERATION_KEY, PROGRESS_CSV, read_progress
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for i, run in enumerate(run_dirs):
-        with (Path(run) / "progress.csv").open() as f:
-            rows = [r for r in csv.DictReader(f) if r.get("time/iteration")]
+        _, rows = read_progress(Path(run) / PROGRESS_CSV)
+        rows = [r for r in rows if r.get(ITERATION_KEY) and r.get("rollout/post_return_mean")]
         if not rows:
-            raise ValueError(f"{run} has no logged iterations")
-        it = [int(float(r["time/iteration"])) for r in rows]
+            plt.close(fig)
+            raise ValueError(f"{run} has no logged iterations (no {PROGRESS_CSV} rows)")
+        it = [int(float(r[ITERATION_KEY])) for r in rows]
         color = f"C{i}"
         label = labels[i] if labels else Path(run).name
         post = [float(r["rollout/post_return_mean"]) for r in rows]

@@ -11,7 +11,9 @@ Because task m's episodes depend on ``task_seeds(seed, M)[m]`` alone, the result
 Faults: a worker that dies (or answers nothing within ``timeout_s``) during a call is replaced
 by a fresh actor and its shard sampled again with the same seeds, so no episode is lost or
 duplicated. A shard that fails more than ``max_retries`` times in one call, a cluster that
-cannot be reached and workers that cannot start raise :class:`RuntimeError` naming the cause.
+cannot be reached (or is not Ray: a deadline-bound check runs before ``ray.init``) and workers
+that cannot start raise :class:`RaySamplerError` (a ``RuntimeError``) naming the cause in one
+line.
 
 Ray is an optional dependency: ``pip install -e ".[ray]"``.
 """
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from maml_rl.batch import EpisodeBatch
+from maml_rl.errors import RunFailure
 from maml_rl.policy import GaussianMLPPolicy, Params
 from maml_rl.sampler import VectorSampler, task_seeds
 
@@ -78,6 +81,15 @@ def assemble(shards: Sequence[ShardArrays]) -> EpisodeBatch:
     )
 
 
+class RaySamplerError(RunFailure):
+    """The cluster cannot be reached, workers cannot start, or shards failed past the retries."""
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(err).__name__
+
+
 class WorkerLocation(NamedTuple):
     """The Ray node, host name and process id of a worker."""
 
@@ -86,15 +98,45 @@ class WorkerLocation(NamedTuple):
     pid: int
 
 
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS_FRAME = 4
+
+
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """Raise ``ConnectionError`` unless a TCP connection to ``[ray://]host:port`` opens."""
+    """Raise ``ConnectionError`` unless a Ray cluster (a gRPC server) answers at
+    ``[ray://]host:port`` within ``timeout_s`` seconds.
+
+    Opens a TCP connection, sends the HTTP/2 client preface and waits for the server's SETTINGS
+    frame, which every gRPC server (Ray's GCS and client server) sends at once. ``ray.init``
+    itself, given a port where something else listens, waits for more than 10 minutes and
+    ignores SIGTERM and Ctrl-C; this check has a deadline.
+    """
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConnectionError(f"{address!r} is not of the form host:port")
+    deadline = time.monotonic() + timeout_s
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        conn = socket.create_connection((host, int(port)), timeout=timeout_s)
     except OSError as err:
         raise ConnectionError(f"nothing answers at {host}:{port} ({err})") from err
+    try:
+        conn.sendall(_HTTP2_PREFACE)
+        reply = b""
+        while len(reply) < 9:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = conn.recv(9 - len(reply))
+            if not chunk:
+                break
+            reply += chunk
+    except OSError:  # timeout or reset
+        reply = b""
+    finally:
+        conn.close()
+    if len(reply) < 9 or reply[3] != _SETTINGS_FRAME:
+        raise ConnectionError(
+            f"{host}:{port} accepts connections but is not a Ray cluster (no gRPC answer within "
+            f"{timeout_s:g} s); use the address `ray start --head` printed"
+        )
 
 
 class SamplerWorker:
@@ -229,7 +271,8 @@ class RaySampler:
         quiet = {"include_dashboard": False, "logging_level": logging.WARNING}
         try:
             if address not in ("local", "auto"):
-                check_reachable(address)  # ray.init retries an unreachable address for minutes
+                # ray.init waits for minutes, deaf to signals, on an address that is not Ray's
+                check_reachable(address, min(10.0, self.timeout_s))
             if address == "local":
                 cpus = max(os.cpu_count() or 1, self.num_workers * self.threads_per_worker)
                 ray.init(address="local", num_cpus=cpus, log_to_driver=False, **quiet)
@@ -239,9 +282,9 @@ class RaySampler:
             if ray.is_initialized():
                 ray.shutdown()
             where = "start a local Ray instance" if address == "local" else "reach the cluster"
-            raise RuntimeError(
+            raise RaySamplerError(
                 f"Ray sampler: cannot {where} at ray_address={address!r}: "
-                f"{type(err).__name__}: {str(err).rstrip('.')}. Start a cluster with "
+                f"{type(err).__name__}: {_first_line(err).rstrip('.')}. Start a cluster with "
                 "`ray start --head` and use ray_address=auto (or its address), or "
                 "ray_address=local for this machine only."
             ) from err
@@ -256,7 +299,7 @@ class RaySampler:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
         if len(ready) < len(refs):
             cpus = ray.cluster_resources().get("CPU", 0)
-            raise RuntimeError(
+            raise RaySamplerError(
                 f"Ray sampler: only {len(ready)} of {len(refs)} workers started within "
                 f"{self.timeout_s:.0f} s; each reserves {self.threads_per_worker} CPU(s) and the "
                 f"cluster has {cpus:g}: lower num_workers or num_threads, or add nodes"
@@ -264,7 +307,9 @@ class RaySampler:
         try:
             return ray.get(refs)
         except ray.exceptions.RayError as err:
-            raise RuntimeError(f"Ray sampler: a worker failed to start: {err}") from err
+            raise RaySamplerError(
+                f"Ray sampler: a worker failed to start: {_first_line(err)}"
+            ) from err
 
     def _replace_worker(self, index: int) -> None:
         try:
@@ -300,10 +345,10 @@ class RaySampler:
         def failed(i: int, cause: str) -> None:
             failures[i] += 1
             if failures[i] > self.max_retries:
-                raise RuntimeError(
+                raise RaySamplerError(
                     f"Ray sampler: worker {i} failed {failures[i]} times sampling tasks "
                     f"{shards[i][0]}..{shards[i][-1]} (ray_max_retries={self.max_retries}); "
-                    f"last cause: {cause}"
+                    f"last cause: {cause.splitlines()[0]}"
                 )
             logging.getLogger(__name__).warning(
                 "Ray sampler: worker %d failed (%s); re-sampling its tasks on a new worker",
@@ -333,8 +378,9 @@ class RaySampler:
             except ray.exceptions.RayActorError as err:  # died, or unreachable: retry
                 failed(i, f"{type(err).__name__}: {err}")
             except ray.exceptions.RayTaskError as err:  # an error in the sampling code itself
-                raise RuntimeError(
-                    f"Ray sampler: worker {i} raised while sampling tasks {shards[i]}: {err}"
+                raise RaySamplerError(
+                    f"Ray sampler: worker {i} raised while sampling tasks {shards[i]}: "
+                    f"{_first_line(err)}"
                 ) from err
         return assemble(results)
 

@@ -9,6 +9,9 @@ added without touching the algorithm.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -44,23 +47,73 @@ class Sampler(Protocol):
     def close(self) -> None: ...
 
 
+class PerformanceWarning(UserWarning):
+    """Something works, but much slower than it could (e.g. a family without a batched env)."""
+
+
+def import_user_module(module: str, what: str) -> None:
+    """Import a user's module (one naming a task family), searching the current folder too.
+
+    The ``maml-rl`` console script, unlike ``python -m``, does not put the current folder on
+    ``sys.path``; it is appended (after installed packages, so it never hides them) before the
+    import. Raises ``ValueError`` naming the module and where it was looked for.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(
+            f"cannot import {what} {module!r} ({err}); it must be importable from the current "
+            f"folder ({cwd}) or a folder on PYTHONPATH, or be installed"
+        ) from err
+
+
+def registered_families() -> list[str]:
+    """Registered Gymnasium ids that are not Gymnasium's own (the built-in task families and
+    every one a user registered), sorted."""
+    ids = []
+    for env_id, spec in gym.registry.items():
+        entry = spec.entry_point
+        module = entry.split(":")[0] if isinstance(entry, str) else getattr(entry, "__module__", "")
+        if not str(module).startswith(("gymnasium.", "shimmy")):
+            ids.append(env_id)
+    return sorted(ids)
+
+
 def resolve_env_id(env_id: str) -> str:
     """Import ``module`` for ids written ``module:Id`` (a user's family) and return ``Id``.
 
-    Raises ``ValueError`` naming the id when it is not registered.
+    Raises ``ValueError`` naming the id when it is not registered, with Gymnasium's hint (a
+    close name, the versions it has) and every registered task family.
     """
     if ":" in env_id:
         module, env_id = env_id.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ValueError(
-                f"cannot import module {module!r} for env id {env_id!r}: {err}"
-            ) from err
+        import_user_module(module, f"the module of env id {env_id!r}:")
     if env_id not in gym.registry:
-        known = sorted(k for k in gym.registry if k.startswith("MAML/"))
-        raise ValueError(f"unknown env id {env_id!r}; registered task families: {known}")
+        try:
+            gym.spec(env_id)
+            hint = ""
+        except gym.error.Error as err:
+            hint = f" ({str(err).strip()})"
+        raise ValueError(
+            f"unknown env id {env_id!r}{hint}; registered task families: {registered_families()}"
+        )
     return env_id
+
+
+def make_family_env(env_id: str, env_kwargs: dict[str, Any], **kwargs: Any) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs, **kwargs)``; a keyword the env does not take is a
+    ``ConfigError`` naming it (``env_kwargs`` come from the user's config)."""
+    from maml_rl.config import ConfigError
+
+    try:
+        return gym.make(env_id, **env_kwargs, **kwargs)
+    except TypeError as err:
+        if "keyword argument" not in str(err):
+            raise
+        raise ConfigError(f"bad env_kwargs {env_kwargs} for {env_id}: {err}") from None
 
 
 def unnormalize_actions(u: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -83,7 +136,8 @@ def make_batched_env(
     env_id: str, num_envs: int, env_kwargs: dict[str, Any], num_threads: int | None = None
 ) -> gym.vector.VectorEnv:
     """The family's native batched env when registered with a ``vector_entry_point`` (no
-    autoreset: each sub-env runs one episode per reset), else a synchronous vector env."""
+    autoreset: each sub-env runs one episode per reset), else a synchronous vector env (with a
+    :class:`PerformanceWarning`, shown once per env id)."""
     spec = gym.spec(env_id)
     if spec.vector_entry_point is not None:
         kwargs = dict(env_kwargs)
@@ -92,6 +146,13 @@ def make_batched_env(
         return gym.make_vec(
             env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
         )
+    warnings.warn(
+        f"{env_id} has no batched version (vector_entry_point): its sub-environments are stepped "
+        "one at a time by Gymnasium's SyncVectorEnv, typically 10-20x slower; the README's "
+        "'Your own task family' shows how to write one",
+        PerformanceWarning,
+        stacklevel=2,
+    )
     return gym.make_vec(
         env_id,
         num_envs=num_envs,

@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,14 +22,33 @@ import numpy as np
 import torch
 import yaml
 
-from maml_rl.advantages import compute_advantages
+from maml_rl.advantages import compute_advantages, unusable_reason
 from maml_rl.batch import EpisodeBatch, LossInputs, loss_inputs
-from maml_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from maml_rl.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    numpy_rng_from_plain,
+    numpy_rng_to_plain,
+    save_checkpoint,
+)
 from maml_rl.config import TrainConfig, from_dict
+from maml_rl.errors import UnusableBatchError
+from maml_rl.files import (
+    LOCK_NAME,
+    atomic_write_text,
+    lock_run_folder,
+    remove_stale_temporaries,
+)
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
 from maml_rl.monitor import ITERATION_KEY, log_config, make_logger, truncate_progress
 from maml_rl.policy import GaussianMLPPolicy
-from maml_rl.sampler import Sampler, VectorSampler, resolve_env_id
+from maml_rl.sampler import (
+    Sampler,
+    VectorSampler,
+    import_user_module,
+    make_family_env,
+    resolve_env_id,
+)
 from maml_rl.trpo import TRPOResult
 
 CONFIG_NAME = "config.yaml"
@@ -63,12 +83,7 @@ _TASKS, _INNER, _VALID, _FISHER = 0, 1, 2, 3
 def prepare_env(config: TrainConfig) -> str:
     """Import what registers the family and return the resolved Gymnasium id."""
     if config.env_import:
-        try:
-            importlib.import_module(config.env_import)
-        except ImportError as err:
-            raise ValueError(
-                f"cannot import env_import module {config.env_import!r}: {err}"
-            ) from err
+        import_user_module(config.env_import, "env_import module")
     importlib.import_module("maml_envs")  # the built-in families
     return resolve_env_id(config.env_id)
 
@@ -130,7 +145,7 @@ class MAMLTrainer:
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device=cuda was asked for but torch sees no CUDA device")
-        self.family = gym.make(self.env_id, **config.env_kwargs).unwrapped
+        self.family = make_family_env(self.env_id, config.env_kwargs).unwrapped
         if not hasattr(self.family, "sample_tasks"):
             raise ValueError(
                 f"{self.env_id} is not a task family: its env has no sample_tasks(n, rng)"
@@ -171,7 +186,9 @@ class MAMLTrainer:
         rng = np.random.default_rng(derive_seed(self.config.seed, iteration, _TASKS))
         return list(self.family.sample_tasks(self.config.meta_batch_size, rng))
 
-    def _to_loss_inputs(self, batch: EpisodeBatch) -> LossInputs:
+    def _to_loss_inputs(self, batch: EpisodeBatch, iteration: int, what: str) -> LossInputs:
+        """Advantages and loss inputs of ``batch``; :class:`UnusableBatchError` (naming the
+        iteration and the batch) when its rewards or advantages cannot be learned from."""
         c = self.config
         adv = compute_advantages(
             batch.observations,
@@ -181,6 +198,9 @@ class MAMLTrainer:
             c.gae_lambda,
             c.normalize_advantages,
         )
+        reason = unusable_reason(batch.rewards, batch.mask, adv, c.normalize_advantages)
+        if reason is not None:
+            raise UnusableBatchError(f"iteration {iteration + 1}, {what} batch: {reason}")
         return loss_inputs(batch, adv).to(self.device)
 
     def run_iteration(self, iteration: int) -> IterationResult:
@@ -201,7 +221,7 @@ class MAMLTrainer:
             if pre_returns is None:
                 pre_returns = batch.episode_returns.numpy()
             with timer("advantages"):
-                inner_data.append(self._to_loss_inputs(batch))
+                inner_data.append(self._to_loss_inputs(batch, iteration, f"inner step {j + 1}"))
             with timer("adaptation"):
                 params = {k: v.detach() for k, v in self.learner.adapt(inner_data).items()}
         with timer("sampling"):
@@ -210,7 +230,7 @@ class MAMLTrainer:
             )
         steps += valid.num_steps
         with timer("advantages"):
-            valid_data = self._to_loss_inputs(valid)
+            valid_data = self._to_loss_inputs(valid, iteration, "post-update")
         with timer("meta_step"):
             generator = torch.Generator().manual_seed(derive_seed(c.seed, iteration, _FISHER))
             result = self.learner.step(inner_data, valid_data, generator)
@@ -222,13 +242,13 @@ class MAMLTrainer:
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": 2,  # 2: the numpy RNG state as a tensor and plain data
             "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
             "iteration": self.iteration,
             "env_steps": self.env_steps,
             "config": self.config.to_dict(),
             "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
+            "numpy_rng": numpy_rng_to_plain(np.random.get_state()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -236,7 +256,7 @@ class MAMLTrainer:
         self.iteration = int(state["iteration"])
         self.env_steps = int(state["env_steps"])
         torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
+        np.random.set_state(numpy_rng_from_plain(state["numpy_rng"]))
 
     def close(self) -> None:
         self.sampler.close()
@@ -297,11 +317,75 @@ def train(
     Checkpoints (``checkpoint.pt``) are written atomically every ``checkpoint_every``
     iterations, at the end, on Ctrl-C or SIGTERM and on errors (the last completed iteration; the
     exception is re-raised). A resumed run may change only :data:`RESUMABLE_KEYS`.
+
+    The run folder is locked for the whole call (:func:`maml_rl.files.lock_run_folder`): a second
+    training or resume into it raises :class:`~maml_rl.errors.RunFolderBusy`. Temporary files of
+    writes a kill interrupted are removed first. A folder this call created is removed again
+    when the run stops before completing its first iteration (nothing to keep or resume).
     """
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run directory")
         run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"no run folder at {run_dir}")
+    else:
+        if config is None:
+            raise ValueError("train needs a config (or resume=True and a run folder)")
+        run_dir = (
+            Path(run_dir)
+            if run_dir
+            else Path(config.log_dir) / (config.run_name or default_run_name(config))
+        )
+    created = not run_dir.exists()
+    try:
+        with lock_run_folder(run_dir):
+            remove_stale_temporaries(run_dir)
+            return _train_locked(
+                config, run_dir, resume, stdout, on_iteration, resume_overrides, created
+            )
+    finally:
+        if created:
+            remove_unused_run_folder(run_dir)
+
+
+_RUN_FILES = ("checkpoint.pt", CONFIG_NAME, "progress.csv", "events.out.tfevents.*")
+
+
+def remove_unused_run_folder(run_dir: Path) -> None:
+    """Delete a run folder that holds no completed iteration: only this package's own files
+    (lock, config, empty log, iteration-0 checkpoint); anything else keeps the folder."""
+    if not run_dir.is_dir():
+        return
+    if (run_dir / CHECKPOINT_NAME).is_file() and _iteration_of(run_dir) > 0:
+        return
+    ours = [p for pattern in _RUN_FILES for p in run_dir.glob(pattern)]
+    others = set(run_dir.iterdir()) - set(ours) - {run_dir / LOCK_NAME}
+    if others:
+        return
+    for path in [*ours, run_dir / LOCK_NAME]:
+        path.unlink(missing_ok=True)
+    run_dir.rmdir()
+
+
+def _iteration_of(run_dir: Path) -> int:
+    try:
+        return int(load_checkpoint(run_dir)["iteration"])
+    except Exception:
+        return 1  # unreadable: not ours to delete
+
+
+def _train_locked(
+    config: TrainConfig | None,
+    run_dir: Path,
+    resume: bool,
+    stdout: bool,
+    on_iteration: Callable[[MAMLTrainer, IterationResult], None] | None,
+    resume_overrides: dict[str, Any] | None,
+    created: bool,
+) -> Path:
+    """:func:`train` once the run folder is locked."""
+    if resume:
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
         overrides = dict(resume_overrides or {})
         fixed = sorted(set(overrides) - RESUMABLE_KEYS)
@@ -309,21 +393,22 @@ def train(
             raise ValueError(f"cannot change {fixed} when resuming; only {sorted(RESUMABLE_KEYS)}")
         config = from_dict(overrides, from_dict(state["config"])).validate()
     else:
-        run_dir = (
-            Path(run_dir)
-            if run_dir
-            else Path(config.log_dir) / (config.run_name or default_run_name(config))
-        )
+        assert config is not None
         if (run_dir / CHECKPOINT_NAME).exists():
             raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir}")
         state = None
-    run_dir.mkdir(parents=True, exist_ok=True)
     trainer = MAMLTrainer(config)
     if state is not None:
         trainer.load_state_dict(state)
-        truncate_progress(run_dir, trainer.iteration)
+        kept = truncate_progress(run_dir, trainer.iteration)
+        if kept < trainer.iteration:
+            print(
+                f"warning: {run_dir / 'progress.csv'} holds {kept} of the {trainer.iteration} "
+                "completed iterations; the training continues, later rows are appended",
+                file=sys.stderr,
+            )
     else:
-        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+        atomic_write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=True))
     logger = make_logger(
         run_dir, stdout=stdout, resume=state is not None, progress_bar=config.progress_bar
     )
@@ -371,9 +456,10 @@ def train(
             if not math.isfinite(float(it.post_returns.mean())):
                 raise FloatingPointError("post-adaptation return is not finite")
     except BaseException as err:
-        save_checkpoint(ckpt, trainer.state_dict())
-        what = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
-        print(f"\n{what}: checkpoint of iteration {trainer.iteration} saved in {run_dir}")
+        if progress is not None:
+            progress.close()
+            progress = None
+        _checkpoint_on_stop(ckpt, trainer, err, fresh=created and trainer.iteration == 0)
         raise
     finally:
         if previous_sigterm is not None:
@@ -386,12 +472,34 @@ def train(
     return run_dir
 
 
+def _checkpoint_on_stop(ckpt: Path, trainer: MAMLTrainer, err: BaseException, fresh: bool) -> None:
+    """Save the last completed iteration when a run stops early and say so on stderr; a failure
+    to save (full or read-only disk) is reported without hiding ``err``."""
+    what = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
+    if fresh:
+        print(f"\n{what} before the first iteration completed: nothing to keep", file=sys.stderr)
+        return
+    try:
+        save_checkpoint(ckpt, trainer.state_dict())
+    except OSError as save_err:
+        print(
+            f"\n{what}; the checkpoint of iteration {trainer.iteration} could not be saved: "
+            f"{save_err} (the last periodic checkpoint in {ckpt.parent} stays)",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"\n{what}: checkpoint of iteration {trainer.iteration} saved in {ckpt.parent}",
+        file=sys.stderr,
+    )
+
+
 def load_policy(path: str | Path) -> tuple[GaussianMLPPolicy, TrainConfig]:
     """The trained policy and config of a run folder or checkpoint file."""
     state = load_checkpoint(path)
     config = from_dict(state["config"]).validate()
     env_id = prepare_env(config)
-    env = gym.make(env_id, **config.env_kwargs)
+    env = make_family_env(env_id, config.env_kwargs)
     policy = make_policy(env, config)
     policy.load_state_dict(state["policy"])
     env.close()

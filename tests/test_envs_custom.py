@@ -15,11 +15,15 @@ from gymnasium.utils.env_checker import check_env
 DOC = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+def example_code() -> str:
+    """The README's custom-family example, as it is printed."""
+    section = DOC.read_text().split("## Your own task family", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
 @pytest.fixture(scope="module")
 def example() -> dict:
-    text = DOC.read_text()
-    section = text.split("## Your own task family", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    code = example_code()
     module = types.ModuleType("docs_envs_example")
     sys.modules[module.__name__] = module  # dataclasses look their module up
     try:
@@ -75,3 +79,116 @@ def test_example_family_trains_without_editing_the_package(example, tmp_path):
     ).validate()
     run = train(config, tmp_path / "line", stdout=False)
     assert load_checkpoint(run)["iteration"] == 1
+
+
+def test_example_batched_env_seeds_sub_envs_as_single_envs(example):
+    """docs/envs.md: with reset(seed=[s_0, ...]) sub-env i starts where a single env reset with
+    seed=s_i starts."""
+    tasks = gym.make("MyFamilies/Line-v0").unwrapped.sample_tasks(4, np.random.default_rng(0))
+    seeds = [11, 12, 13, 14]
+    venv = gym.make_vec("MyFamilies/Line-v0", num_envs=4, vectorization_mode="vector_entry_point")
+    obs, _ = venv.reset(seed=seeds, options={"tasks": tasks})
+    for i, (seed, task) in enumerate(zip(seeds, tasks)):
+        single_obs, _ = gym.make("MyFamilies/Line-v0", task=task).reset(seed=seed)
+        np.testing.assert_array_equal(obs[i], single_obs)
+
+
+def test_a_family_without_batched_env_warns_that_it_is_slow(example):
+    from maml_rl.sampler import PerformanceWarning, make_batched_env
+
+    gym.register(id="MyFamilies/LineSync-v0", entry_point=example["LineEnv"], max_episode_steps=50)
+    try:
+        with pytest.warns(PerformanceWarning, match="no batched version"):
+            env = make_batched_env("MyFamilies/LineSync-v0", 3, {})
+        assert isinstance(env, gym.vector.SyncVectorEnv)
+    finally:
+        gym.registry.pop("MyFamilies/LineSync-v0", None)
+
+
+def test_a_users_module_is_found_in_the_current_folder(tmp_path, monkeypatch):
+    """The ``maml-rl`` console script does not put the current folder on sys.path."""
+    from maml_rl.sampler import resolve_env_id
+
+    package = tmp_path / "userfam_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "line.py").write_text(example_code())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        assert resolve_env_id("userfam_pkg.line:MyFamilies/Line-v0") == "MyFamilies/Line-v0"
+    finally:
+        gym.registry.pop("MyFamilies/Line-v0", None)
+        for name in ("userfam_pkg", "userfam_pkg.line"):
+            sys.modules.pop(name, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "env_args",
+    [
+        ["env_id=my_package.line:MyFamilies/Line-v0"],
+        ["env_id=MyFamilies/Line-v0", "env_import=my_package.line"],
+    ],
+)
+def test_readme_commands_work_from_a_fresh_folder_after_a_non_editable_install(
+    tmp_path_factory, env_args
+):
+    """The README's two commands, in a folder holding only my_package/line.py, with maml-rl
+    installed as a wheel (not editable) and nothing on PYTHONPATH but that install."""
+    import os
+    import shutil
+    import subprocess
+
+    root = DOC.parent
+    target = tmp_path_factory.getbasetemp() / "wheel_install"
+    if not (target / "bin" / "maml-rl").exists():
+        build = tmp_path_factory.mktemp("build")
+        shutil.copytree(
+            root, build / "src", ignore=shutil.ignore_patterns("results", ".git", "runs")
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(target),
+                str(build / "src"),
+            ],
+            check=True,
+            timeout=300,
+        )
+    work = tmp_path_factory.mktemp("user_project")
+    (work / "my_package").mkdir()
+    (work / "my_package" / "__init__.py").write_text("")
+    (work / "my_package" / "line.py").write_text(example_code())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)  # the wheel's files, ahead of any editable install
+    short = ["num_iterations=1", "meta_batch_size=2", "episodes_per_task=2", "progress_bar=false"]
+    result = subprocess.run(
+        [str(target / "bin" / "maml-rl"), "train", "--quiet", "--set", *env_args, *short],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        str(target)
+        in subprocess.run(
+            [sys.executable, "-c", "import maml_rl; print(maml_rl.__file__)"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    (run,) = (work / "runs").iterdir()
+    assert (run / "checkpoint.pt").is_file()

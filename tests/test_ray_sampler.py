@@ -77,6 +77,62 @@ def test_unreachable_cluster_is_a_clear_error():
     assert not ray.is_initialized()
 
 
+class _NotRay:
+    """A TCP server on 127.0.0.1 that is not Ray: silent, or answering ``reply`` and closing."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        import socket
+
+        self.reply = reply
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.conns: list = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        deadline = time.monotonic() + 60  # bounded even if a test forgets to stop it
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            if self.reply is not None:
+                conn.sendall(self.reply)
+                conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for conn in self.conns:
+            conn.close()
+        self.server.close()
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_an_address_where_something_else_listens_fails_within_the_deadline(monkeypatch, reply):
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialised in this process")
+
+    def init(*args, **kwargs):
+        raise AssertionError("ray.init on a server that is not Ray waits for 10+ minutes")
+
+    monkeypatch.setattr(ray, "init", init)
+    server = _NotRay(reply)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="accepts connections but is not a Ray cluster"):
+            RaySampler(
+                NAV, GaussianMLPPolicy(2, 2, (8,)), address=f"127.0.0.1:{server.port}", timeout_s=2
+            )
+        assert time.monotonic() - start < 10
+    finally:
+        server.close()
+
+
 def test_shards_are_contiguous_and_cover_the_tasks():
     assert shard_indices(5, 2) == [[0, 1, 2], [3, 4]]
     assert shard_indices(2, 4) == [[0], [1]]
@@ -116,6 +172,12 @@ def cheetah_sampler(cluster):
     sampler = RaySampler(CHEETAH, policy, max_episode_steps=10, num_workers=2)
     yield sampler
     sampler.close()
+
+
+def test_the_address_check_accepts_a_real_cluster(cluster):
+    from maml_rl.ray_sampler import check_reachable
+
+    check_reachable(cluster.address, timeout_s=10)
 
 
 def test_two_workers_spread_over_two_nodes_equal_the_local_sampler(cluster, cheetah_sampler):
@@ -199,9 +261,12 @@ def test_worker_deaths_mid_sample_then_past_the_retry_limit(cluster, tmp_path):
 
         (tmp_path / "crash_always").touch()
         start = time.monotonic()
-        with pytest.raises(RuntimeError, match=r"worker 0 failed 2 times .*ray_max_retries=1"):
+        with pytest.raises(
+            RuntimeError, match=r"worker 0 failed 2 times .*ray_max_retries=1"
+        ) as err:
             sampler.sample(tasks, params, 3, seed=2)
         assert time.monotonic() - start < 60
+        assert "\n" not in str(err.value)  # one line for the command line
     finally:
         sampler.close()
 

@@ -1,0 +1,29 @@
+"""Errors the command line reports in one line: a user's mistake exits 2, a failure of the
+machine, the cluster or the environment's numbers exits 1 (see docs/reliability.md).
+
+* ``ValueError`` (and :class:`~maml_rl.config.ConfigError`, :class:`CheckpointError`,
+  :class:`RunFolderBusy`), ``FileNotFoundError``, ``FileExistsError``: the command asked for
+  something that cannot be done as given (exit 2).
+* :class:`RunFailure`, ``OSError``: the run could not go on (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable maml-rl checkpoint (corrupt, truncated, not a checkpoint, or
+    holding objects other than tensors and plain data); the message names the file."""
+
+
+class RunFolderBusy(FileExistsError):
+    """Another process holds the run folder's lock (a second training or resume into it)."""
+
+
+class RunFailure(RuntimeError):
+    """A run stopped for a reason outside the command: the cluster, or numbers (rewards,
+    advantages) that cannot be learned from. The message says what and where."""
+
+
+class UnusableBatchError(RunFailure):
+    """Rewards or advantages of a sampled batch that cannot be used (NaN, infinite, or
+    advantages that vanish because their variance overflows float32)."""
