@@ -92,10 +92,10 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
     inner = []
     for j in range(c.num_inner_steps):
         batch = trainer.sampler.sample(tasks, params, c.episodes_per_task, 10**6 + j)
-        inner.append(trainer._to_loss_inputs(batch))
+        inner.append(trainer._to_loss_inputs(batch, 0, f"roofline inner {j}"))
         params = {k: v.detach() for k, v in learner.adapt(inner).items()}
     valid = trainer._to_loss_inputs(
-        trainer.sampler.sample(tasks, params, c.episodes_per_task, 2 * 10**6)
+        trainer.sampler.sample(tasks, params, c.episodes_per_task, 2 * 10**6), 0, "roofline"
     )
     theta = learner.policy.params()
     lrs = [s.inner_lr] * len(inner)
