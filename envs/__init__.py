@@ -15,11 +15,12 @@ id                          task distribution                           horizon
 
 Each locomotion family also comes as the authors' exact task (rllab's envs, as run by
 cbfinn/maml_rl: one physics step per env step, centre-of-mass velocity, rllab's observations,
-reset noise and ant model; :mod:`envs.rllab_locomotion`): ``MAML/HalfCheetahVel-rllab-v0``,
+reset noise and ant model; :mod:`maml_envs.rllab_locomotion`): ``MAML/HalfCheetahVel-rllab-v0``,
 ``MAML/HalfCheetahDir-rllab-v0``, ``MAML/AntVel-rllab-v0``, ``MAML/AntDir-rllab-v0``,
 ``MAML/AntGoal-rllab-v0`` (horizon 200).
 
-This package depends on gymnasium, mujoco and numpy only.
+This package (the folder ``envs/``) installs under the import name ``maml_envs``, which no
+user project's own ``envs`` package can shadow. It depends on gymnasium, mujoco and numpy only.
 """
 
 from gymnasium import register

@@ -276,8 +276,8 @@ class AntGoalEnv(AntTaskEnv):
 class AntTaskVectorEnv(MujocoTaskVectorEnv):
     """N ants stepped in one ``mujoco.batch.Batch``; one task each; no autoreset.
 
-    Semantics: :class:`envs.task_family.TaskFamilyVectorEnv` and
-    :class:`envs.mujoco_vector.MujocoTaskVectorEnv`; termination as :class:`AntTaskEnv`.
+    Semantics: :class:`maml_envs.task_family.TaskFamilyVectorEnv` and
+    :class:`maml_envs.mujoco_vector.MujocoTaskVectorEnv`; termination as :class:`AntTaskEnv`.
     """
 
     def __init__(

@@ -137,8 +137,8 @@ def half_cheetah_model() -> mujoco.MjModel:
 class HalfCheetahTaskVectorEnv(MujocoTaskVectorEnv):
     """N half-cheetahs stepped in one ``mujoco.batch.Batch``; one task each; no autoreset.
 
-    Semantics: :class:`envs.task_family.TaskFamilyVectorEnv` and
-    :class:`envs.mujoco_vector.MujocoTaskVectorEnv`. Observation: ``qpos[1:]`` and ``qvel``
+    Semantics: :class:`maml_envs.task_family.TaskFamilyVectorEnv` and
+    :class:`maml_envs.mujoco_vector.MujocoTaskVectorEnv`. Observation: ``qpos[1:]`` and ``qvel``
     (float64, 17 per sub-env), as HalfCheetah-v5.
     """
 

@@ -40,7 +40,7 @@ def _spaces() -> tuple[spaces.Box, spaces.Box]:
 
 
 class Navigation2DEnv(TaskFamilyEnv, gym.Env):
-    """2D point navigation to a goal; task :class:`envs.tasks.GoalPosition`.
+    """2D point navigation to a goal; task :class:`maml_envs.tasks.GoalPosition`.
 
     Args:
         low, high: goals are drawn uniformly from [low, high]^2 (paper: -0.5, 0.5).
@@ -75,7 +75,7 @@ class Navigation2DEnv(TaskFamilyEnv, gym.Env):
 class Navigation2DVectorEnv(TaskFamilyVectorEnv):
     """N 2D-navigation sub-envs stepped with numpy, one task each; no autoreset.
 
-    See :class:`envs.task_family.TaskFamilyVectorEnv` for the reset/step semantics.
+    See :class:`maml_envs.task_family.TaskFamilyVectorEnv` for the reset/step semantics.
 
     Args:
         num_envs: number of sub-envs N.

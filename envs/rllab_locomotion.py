@@ -331,7 +331,7 @@ class RllabLocomotionEnv(TaskFamilyEnv, MujocoEnv):
 
 class RllabLocomotionVectorEnv(MujocoTaskVectorEnv):
     """N rllab-exact locomotion envs in one persistent ``mujoco.batch.Batch``; semantics of
-    :class:`envs.mujoco_vector.MujocoTaskVectorEnv`, dynamics of :class:`RllabLocomotionEnv`
+    :class:`maml_envs.mujoco_vector.MujocoTaskVectorEnv`, dynamics of :class:`RllabLocomotionEnv`
     (bit-identical to it)."""
 
     def __init__(

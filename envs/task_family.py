@@ -4,7 +4,7 @@ A *task family* is an environment whose reward (or dynamics) depends on a task d
 distribution p(T), as in MAML (Finn, Abbeel, Levine, ICML 2017, section 5.3). The protocol the
 ``maml_rl`` sampler relies on:
 
-* a task is a small frozen dataclass with ``as_array()`` (see :mod:`envs.tasks`);
+* a task is a small frozen dataclass with ``as_array()`` (see :mod:`maml_envs.tasks`);
 * ``env.unwrapped.sample_tasks(n, rng)`` draws ``n`` tasks from a ``numpy.random.Generator``;
 * ``env.unwrapped.reset_task(task)`` sets the task (kept across ``reset()`` calls), as do
   ``reset(options={"task": task})`` and the constructor argument ``task=``;
