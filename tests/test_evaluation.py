@@ -231,7 +231,9 @@ def _fake_report(env_id: str, config: TrainConfig) -> tuple[EvaluationReport, Me
     return report, result
 
 
-@pytest.mark.parametrize("preset", ["halfcheetah-dir", "ant-vel", "halfcheetah-vel-rllab", "ant-dir-rllab"])
+@pytest.mark.parametrize(
+    "preset", ["halfcheetah-dir", "ant-vel", "halfcheetah-vel-rllab", "ant-dir-rllab"]
+)
 def test_videos_render_through_the_tracking_camera(preset):
     import mujoco
 
