@@ -7,8 +7,15 @@ quantities take ``[T, M, K, ...]`` (M tasks, K episodes per task).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+from maml_rl.errors import UnusableBatchError
+
+if TYPE_CHECKING:
+    from maml_rl.batch import EpisodeBatch
 
 
 def discounted_returns(rewards_t: Tensor, mask_t: Tensor, gamma: float) -> Tensor:
@@ -167,3 +174,18 @@ def unusable_reason(
                 "rewards down"
             )
     return None
+
+
+def checked_advantages(
+    batch: EpisodeBatch, gamma: float, gae_lambda: float, normalize: bool, what: str
+) -> Tensor:
+    """:func:`compute_advantages` of an episode batch; :class:`UnusableBatchError` naming
+    ``what`` (e.g. "iteration 3, inner step 1 batch") when :func:`unusable_reason` finds its
+    rewards or advantages unusable."""
+    adv = compute_advantages(
+        batch.observations, batch.rewards, batch.mask, gamma, gae_lambda, normalize
+    )
+    reason = unusable_reason(batch.rewards, batch.mask, adv, normalize)
+    if reason is not None:
+        raise UnusableBatchError(f"{what}: {reason}")
+    return adv

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from maml_rl.adaptation import adapt as adapt_params
-from maml_rl.advantages import compute_advantages, unusable_reason
+from maml_rl.advantages import checked_advantages
 from maml_rl.batch import loss_inputs
 from maml_rl.config import TrainConfig
-from maml_rl.errors import UnusableBatchError
 from maml_rl.policy import GaussianMLPPolicy, Params
 from maml_rl.sampler import VectorSampler, make_family_env, unnormalize_actions
 from maml_rl.trainer import derive_seed, prepare_env
@@ -131,17 +130,9 @@ def adapt(
 def _step(
     policy: GaussianMLPPolicy, config: TrainConfig, batch: Any, params: Params, lr: float
 ) -> Params:
-    adv = compute_advantages(
-        batch.observations,
-        batch.rewards,
-        batch.mask,
-        config.gamma,
-        config.gae_lambda,
-        config.normalize_advantages,
+    adv = checked_advantages(
+        batch, config.gamma, config.gae_lambda, config.normalize_advantages, "adaptation"
     )
-    reason = unusable_reason(batch.rewards, batch.mask, adv, config.normalize_advantages)
-    if reason is not None:
-        raise UnusableBatchError(f"adaptation: {reason}")
     leaf = {name: p.detach().requires_grad_(True) for name, p in params.items()}
     new = adapt_params(
         policy, leaf, [loss_inputs(batch, adv)], [lr], config.inner_objective, create_graph=False

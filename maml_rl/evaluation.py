@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from maml_rl.adaptation import adapt
-from maml_rl.advantages import compute_advantages
+from maml_rl.advantages import checked_advantages
 from maml_rl.authors_tasks import authors_test_tasks
 from maml_rl.batch import loss_inputs
 from maml_rl.config import TrainConfig
@@ -181,13 +181,12 @@ def adapt_and_evaluate(
                 history.append(params)
             if j == settings.num_steps:
                 break
-            adv = compute_advantages(
-                batch.observations,
-                batch.rewards,
-                batch.mask,
+            adv = checked_advantages(
+                batch,
                 config.gamma,
                 config.gae_lambda,
                 config.normalize_advantages,
+                f"evaluation, step {j + 1} batch",
             )
             leaf = {name: p.detach().requires_grad_(True) for name, p in params.items()}
             new = adapt(

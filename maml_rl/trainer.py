@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from maml_rl.advantages import compute_advantages, unusable_reason
+from maml_rl.advantages import checked_advantages
 from maml_rl.batch import EpisodeBatch, LossInputs, loss_inputs
 from maml_rl.checkpoint import (
     CHECKPOINT_NAME,
@@ -32,7 +32,6 @@ from maml_rl.checkpoint import (
     save_checkpoint,
 )
 from maml_rl.config import TrainConfig, from_dict
-from maml_rl.errors import UnusableBatchError
 from maml_rl.files import (
     LOCK_NAME,
     atomic_write_text,
@@ -190,17 +189,8 @@ class MAMLTrainer:
         """Advantages and loss inputs of ``batch``; :class:`UnusableBatchError` (naming the
         iteration and the batch) when its rewards or advantages cannot be learned from."""
         c = self.config
-        adv = compute_advantages(
-            batch.observations,
-            batch.rewards,
-            batch.mask,
-            c.gamma,
-            c.gae_lambda,
-            c.normalize_advantages,
-        )
-        reason = unusable_reason(batch.rewards, batch.mask, adv, c.normalize_advantages)
-        if reason is not None:
-            raise UnusableBatchError(f"iteration {iteration + 1}, {what} batch: {reason}")
+        what = f"iteration {iteration + 1}, {what} batch"
+        adv = checked_advantages(batch, c.gamma, c.gae_lambda, c.normalize_advantages, what)
         return loss_inputs(batch, adv).to(self.device)
 
     def run_iteration(self, iteration: int) -> IterationResult:
