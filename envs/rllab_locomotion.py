@@ -188,7 +188,8 @@ class RllabTask:
     """What distinguishes one rllab family: robot (model, observation, termination) and task
     reward terms. Subclasses below are the five families."""
 
-    robot: ClassVar[str]
+    xml: ClassVar[str]
+    """Gymnasium's model file the robot is built from (also the path ``MujocoEnv`` checks)."""
     model_fn: ClassVar[Callable[[], mujoco.MjModel]]
     observe: ClassVar[Callable[[Any], np.ndarray]]
     obs_dim: ClassVar[int]
@@ -196,7 +197,7 @@ class RllabTask:
 
 
 class _Cheetah(RllabTask):
-    robot = "half_cheetah"
+    xml = "half_cheetah.xml"
     model_fn = staticmethod(rllab_half_cheetah_model)
     observe = staticmethod(cheetah_observation)
     obs_dim = 20
@@ -217,7 +218,7 @@ class _Cheetah(RllabTask):
 
 
 class _Ant(RllabTask):
-    robot = "ant"
+    xml = "ant.xml"
     model_fn = staticmethod(rllab_ant_model)
     observe = staticmethod(ant_observation)
     obs_dim = 125
@@ -273,30 +274,25 @@ class RllabLocomotionEnv(TaskFamilyEnv, MujocoEnv):
         height: int = 480,
     ):
         self._family = family
-        xml = "half_cheetah.xml" if family.robot == "half_cheetah" else "ant.xml"
-        self.metadata = {**self.metadata, "render_fps": round(1.0 / self._timestep())}
         obs_space = spaces.Box(-np.inf, np.inf, (family.obs_dim,), np.float64)
         MujocoEnv.__init__(
             self,
-            gymnasium_asset(xml),
+            gymnasium_asset(family.xml),
             frame_skip=1,
             observation_space=obs_space,
             render_mode=render_mode,
             width=width,
             height=height,
         )
+        # one frame per physics step (set after the model exists; MujocoEnv checks it if present)
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.dt)}
         self._init_task_family(task_space, task)
-
-    def _timestep(self) -> float:
-        return 0.01 if self._family.robot == "half_cheetah" else ANT_TIMESTEP
 
     def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
         model = self._family.model_fn()
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
-        data = mujoco.MjData(model)
-        data.qpos[:] = model.qpos0
-        return model, data
+        return model, mujoco.MjData(model)  # MjData starts at qpos0 (the ant's rllab pose)
 
     def _fields(self) -> Fields:
         return Fields(lambda name: getattr(self.data, name)[None])

@@ -36,11 +36,15 @@ GIGA = 1e9
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall seconds of ``fn`` (after one warm-up call), waiting for queued GPU work."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -69,12 +73,14 @@ def _flops(fn: Callable[[], Any]) -> int:
     return int(counter.total)
 
 
-def attainable_gflops(tasks: int, samples: int, width: int, repeats: int = 3) -> float:
-    """Best GFLOP/s of ``torch.bmm`` at the meta-step's two big shapes:
-    [tasks, samples, width] @ [tasks, width, width] (forward / input gradients) and
+def attainable_gflops(
+    tasks: int, samples: int, width: int, repeats: int = 3, device: torch.device | str = "cpu"
+) -> float:
+    """Best GFLOP/s of ``torch.bmm`` on ``device`` (the learner's) at the meta-step's two big
+    shapes: [tasks, samples, width] @ [tasks, width, width] (forward / input gradients) and
     [tasks, width, samples] @ [tasks, samples, width] (weight gradients)."""
-    x = torch.randn(tasks, samples, width)
-    w = torch.randn(tasks, width, width)
+    x = torch.randn(tasks, samples, width, device=device)
+    w = torch.randn(tasks, width, width, device=device)
     flops = 2.0 * tasks * samples * width * width
     forward = _median_seconds(lambda: torch.bmm(x, w), repeats)
     weight_grad = _median_seconds(lambda: torch.bmm(x.transpose(1, 2), x), repeats)
@@ -136,7 +142,9 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
         out[f"{name}_s"] = _median_seconds(fn, repeats)
     width = max(c.hidden_sizes)
     samples = valid.mask.shape[1]  # per task: the T x K steps, flattened
-    out["attainable_gflops_per_s"] = attainable_gflops(len(tasks), samples, width, repeats)
+    out["attainable_gflops_per_s"] = attainable_gflops(
+        len(tasks), samples, width, repeats, trainer.device
+    )
     for name in ("gradient", "fvp", "line_search_eval"):
         achieved = out[f"{name}_gflop"] / out[f"{name}_s"]
         out[f"{name}_gflops_per_s"] = achieved
