@@ -16,6 +16,7 @@ summed per-task losses gives the per-task gradients.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -41,6 +42,46 @@ def inner_loss(
     return -task_mean(weight * data.advantages, data.mask)
 
 
+@dataclass(frozen=True)
+class InnerStep:
+    """One inner step as taken: the task-batched parameters it started from, its batch, its
+    step size and objective (what the meta-step's curvature products need)."""
+
+    params: Params
+    data: LossInputs
+    lr: float
+    objective: str
+
+
+def adapt_steps(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    inner_data: Sequence[LossInputs],
+    step_sizes: Sequence[float],
+    objective: str = "reinforce",
+    create_graph: bool = True,
+) -> tuple[Params, list[InnerStep]]:
+    """Apply one policy-gradient step per element of ``inner_data`` (all tasks at once).
+
+    ``params`` are the meta-parameters theta (replicated over the M tasks here) or already
+    task-batched parameters. With ``create_graph`` the result is differentiable to second order
+    in theta (MAML); without it the inner gradients are constants, so d theta'/d theta = I
+    (first-order MAML). Returns task-batched parameters ``[M, ...]`` and the steps taken.
+    """
+    if len(inner_data) != len(step_sizes):
+        raise ValueError(f"got {len(inner_data)} inner batches but {len(step_sizes)} step sizes")
+    num_tasks = inner_data[0].mask.shape[0] if inner_data else None
+    if num_tasks is not None and params["log_std"].dim() == 1:
+        params = replicate(params, num_tasks)
+    steps: list[InnerStep] = []
+    for data, lr in zip(inner_data, step_sizes):
+        steps.append(InnerStep(params, data, lr, objective))
+        loss = inner_loss(policy, params, data, objective).sum()
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
+    return params, steps
+
+
 def adapt(
     policy: GaussianMLPPolicy,
     params: Params,
@@ -49,20 +90,5 @@ def adapt(
     objective: str = "reinforce",
     create_graph: bool = True,
 ) -> Params:
-    """Apply one policy-gradient step per element of ``inner_data`` (all tasks at once).
-
-    ``params`` are the meta-parameters theta (replicated over the M tasks here) or already
-    task-batched parameters. With ``create_graph`` the result is differentiable to second order
-    in theta (MAML); without it the inner gradients are constants, so d theta'/d theta = I
-    (first-order MAML). Returns task-batched parameters ``[M, ...]``.
-    """
-    if len(inner_data) != len(step_sizes):
-        raise ValueError(f"got {len(inner_data)} inner batches but {len(step_sizes)} step sizes")
-    num_tasks = inner_data[0].mask.shape[0] if inner_data else None
-    if num_tasks is not None and params["log_std"].dim() == 1:
-        params = replicate(params, num_tasks)
-    for data, lr in zip(inner_data, step_sizes):
-        loss = inner_loss(policy, params, data, objective).sum()
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-        params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
-    return params
+    """The adapted task-batched parameters of :func:`adapt_steps`."""
+    return adapt_steps(policy, params, inner_data, step_sizes, objective, create_graph)[0]

@@ -97,8 +97,9 @@ class TrainConfig:
     """Fraction of samples used in the CG curvature products (1.0: all; < 1: subsampled
     Fisher, faster, an approximation whose effect on learning is reported in the README)."""
     hvp: str = "gauss_newton"
-    """KL-Hessian products for CG: ``gauss_newton`` (J^T F J, equal at the current point) or
-    ``exact`` (double backward of the KL through the adaptation)."""
+    """KL-Hessian products for CG: ``gauss_newton`` (J^T F J, equal at the current point, by
+    hand-written passes through the policy network; :mod:`maml_rl.fisher`) or ``exact`` (autograd:
+    double backward of the KL through the second-order adaptation, the slower reference)."""
     device: str = "cpu"
     """Learner device (``cpu`` or ``cuda``); sampling always runs on the CPU."""
     num_threads: int | None = None

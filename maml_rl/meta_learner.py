@@ -12,17 +12,19 @@ adapted policy at the current theta.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from maml_rl.adaptation import adapt
+from maml_rl.adaptation import adapt, adapt_steps
 from maml_rl.batch import LossInputs, task_mean
-from maml_rl.fisher import adapt_with_trace, fisher_vector_product, subsample
+from maml_rl.fisher import AdaptationCurvature, subsample
 from maml_rl.policy import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
-from maml_rl.trpo import TRPOResult, trpo_step
+from maml_rl.trpo import TRPOResult, flatten, hessian_vector_product, trpo_step
 
 HVP_METHODS = ("gauss_newton", "exact")
 
@@ -43,8 +45,10 @@ class MetaLearnerSettings:
     """Fraction of the samples (per task, inner and post-update) used in the CG curvature
     products; 1.0 uses all (exact), < 1 is TRPO's subsampled Fisher (faster)."""
     hvp: str = "gauss_newton"
-    """``gauss_newton``: J^T F J products (:mod:`maml_rl.fisher`), equal to the KL Hessian at
-    the current point and cheaper; ``exact``: double backward of the KL (the reference)."""
+    """``gauss_newton``: J^T F J products by hand-written passes (:mod:`maml_rl.fisher`), equal
+    to the KL Hessian at the current point and cheaper, with the meta-gradient computed the same
+    way; ``exact``: autograd through the second-order adaptation and double backward of the KL
+    (the reference)."""
 
 
 class MetaLearner:
@@ -98,47 +102,76 @@ class MetaLearner:
         valid_data: LossInputs,
         generator: torch.Generator | None = None,
     ) -> TRPOResult:
-        """One TRPO meta-update of theta (in place); ``generator`` draws the Fisher subsample."""
+        """One TRPO meta-update of theta (in place); ``generator`` draws the Fisher subsample.
+
+        The result's ``seconds`` holds ``gradient`` (the surrogate, its meta-gradient and the
+        curvature's set-up), ``cg`` and ``line_search``.
+        """
         s = self.settings
         if s.hvp not in HVP_METHODS:
             raise ValueError(f"unknown hvp method {s.hvp!r}; choose one of {HVP_METHODS}")
-        old: list[tuple[Tensor, Tensor, Tensor] | None] = [None]
-        graph: dict[str, object] = {}
-        lrs = [s.inner_lr] * len(inner_data)
-        theta = self.policy.params()
+        start = time.perf_counter()
+        params = list(self.policy.parameters())
+        if s.hvp == "exact":
+            loss, kl, old = self.surrogate_and_kl(inner_data, valid_data, None, True)
+            gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
+            fvp = hessian_vector_product(kl, params, s.cg_damping)
+        else:
+            loss, gradient, fvp, old = self._curvature(inner_data, valid_data, generator)
 
-        def objective(create_graph: bool) -> tuple[Tensor, Tensor]:
-            if create_graph:
-                adapted, trace = adapt_with_trace(
-                    self.policy, theta, inner_data, lrs, s.inner_objective, s.first_order
-                )
-                graph.update(adapted=adapted, trace=trace)
-                loss, kl, old[0] = self.surrogate_and_kl(
-                    inner_data, valid_data, old[0], True, adapted
-                )
-                return loss, kl
+        def evaluate() -> tuple[float, float]:
             with torch.enable_grad():
-                loss, kl, _ = self.surrogate_and_kl(inner_data, valid_data, old[0], False)
-            return loss.detach(), kl.detach()
+                new_loss, new_kl, _ = self.surrogate_and_kl(inner_data, valid_data, old, False)
+            return float(new_loss), float(new_kl)
 
-        def gauss_newton() -> Callable[[Tensor], Tensor]:
-            adapted, trace, valid = graph["adapted"], graph["trace"], valid_data
-            if s.cg_subsample < 1.0:
-                gen = generator or torch.Generator().manual_seed(0)
-                valid = subsample(valid_data, s.cg_subsample, gen)
-                inner = [subsample(d, s.cg_subsample, gen) for d in inner_data]
-                _, trace = adapt_with_trace(
-                    self.policy, theta, inner, lrs, s.inner_objective, s.first_order
-                )
-            return fisher_vector_product(self.policy, theta, adapted, trace, valid, s.cg_damping)
-
-        return trpo_step(
-            list(self.policy.parameters()),
-            objective,
+        seconds = {"gradient": time.perf_counter() - start}
+        result = trpo_step(
+            params,
+            float(loss),
+            gradient,
+            fvp,
+            evaluate,
             max_kl=s.max_kl,
             cg_iters=s.cg_iters,
-            cg_damping=s.cg_damping,
-            backtrack_ratio=s.ls_backtrack_ratio,
-            max_backtracks=s.ls_max_steps,
-            hvp_fn=gauss_newton if s.hvp == "gauss_newton" else None,
+            ls_backtrack_ratio=s.ls_backtrack_ratio,
+            ls_max_steps=s.ls_max_steps,
         )
+        result.seconds = {**seconds, **result.seconds}
+        return result
+
+    def _curvature(
+        self,
+        inner_data: Sequence[LossInputs],
+        valid_data: LossInputs,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], tuple[Tensor, Tensor, Tensor]]:
+        """Surrogate value, meta-gradient and damped Fisher-vector product by hand-written
+        passes (:class:`maml_rl.fisher.AdaptationCurvature`); ``cg_subsample`` < 1 builds the
+        product's curvature on a random subset of every batch (Schulman et al. 2015, sec. 6)."""
+        s = self.settings
+        theta = self.policy.params()
+        with torch.enable_grad():
+            adapted, steps = adapt_steps(
+                self.policy,
+                theta,
+                inner_data,
+                [s.inner_lr] * len(inner_data),
+                s.inner_objective,
+                create_graph=False,
+            )
+        adapted = {k: v.detach() for k, v in adapted.items()}
+        if s.first_order:
+            steps = []
+        with torch.no_grad():
+            loss, _, old = self.surrogate_and_kl(inner_data, valid_data, None, False, adapted)
+        full = AdaptationCurvature(self.policy, theta, adapted, steps, valid_data)
+        gradient = full.surrogate_gradient(valid_data.advantages)
+        if s.cg_subsample < 1.0:
+            gen = generator or torch.Generator().manual_seed(0)
+            valid = subsample(valid_data, s.cg_subsample, gen)
+            steps = [
+                dataclasses.replace(step, data=subsample(step.data, s.cg_subsample, gen))
+                for step in steps
+            ]
+            full = AdaptationCurvature(self.policy, theta, adapted, steps, valid)
+        return loss, gradient, lambda v: full.fisher_vector_product(v, s.cg_damping), old

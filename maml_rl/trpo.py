@@ -86,24 +86,25 @@ class TRPOResult:
 
 def trpo_step(
     params: Sequence[Tensor],
-    objective: Callable[[bool], tuple[Tensor, Tensor]],
+    loss: float,
+    gradient: Tensor,
+    fvp: Callable[[Tensor], Tensor],
+    evaluate: Callable[[], tuple[float, float]],
     max_kl: float = 0.01,
     cg_iters: int = 10,
-    cg_damping: float = 1e-5,
-    backtrack_ratio: float = 0.8,
-    max_backtracks: int = 15,
-    hvp_fn: Callable[[], Callable[[Tensor], Tensor]] | None = None,
+    ls_backtrack_ratio: float = 0.8,
+    ls_max_steps: int = 15,
 ) -> TRPOResult:
     """One trust-region step on ``params`` in place.
 
-    ``objective(create_graph)`` returns ``(loss, kl)`` at the current parameter values, where
-    kl = KL(pi_old || pi_new) is 0 with zero gradient at the starting point. The step solves
-    H s = g by conjugate gradient (H the KL Hessian, g the loss gradient), scales it to the
-    trust region, beta = sqrt(2 delta / s^T H s), and backtracks theta - 0.8^i beta s,
-    i = 0..max_backtracks-1, accepting the first trial with a finite loss lower than before and
+    ``loss`` and ``gradient`` (flat, like ``params``) are the surrogate's value and gradient at
+    the current parameters, ``fvp`` is v -> H v for H the Hessian of the KL(pi_old || pi_new)
+    there (damped by the caller), and ``evaluate()`` returns ``(loss, kl)`` at the parameters'
+    current values. The step solves H s = g by conjugate gradient, scales it to the trust
+    region, beta = sqrt(2 delta / s^T H s), and backtracks theta - ratio^i beta s,
+    i = 0..ls_max_steps-1, accepting the first trial with a finite loss lower than before and
     KL <= delta; otherwise theta is left unchanged. Non-finite losses, gradients or steps are
-    rejected, never applied. ``hvp_fn`` may supply another v -> H v (e.g. a Fisher product);
-    by default H is the exact KL Hessian by double backward.
+    rejected, never applied. ``seconds`` holds the ``cg`` and ``line_search`` times.
     """
     params = list(params)
     clock = time.perf_counter()
@@ -115,50 +116,31 @@ def trpo_step(
         seconds[name] = now - clock
         clock = now
 
-    loss, kl = objective(True)
-    loss_before = float(loss.detach())
-    g = flatten(torch.autograd.grad(loss, params, retain_graph=True))
-    if not math.isfinite(loss_before) or not torch.isfinite(g).all():
-        return TRPOResult(
-            loss_before, loss_before, 0.0, 0.0, 0, math.nan, False, "non-finite-gradient", seconds
-        )
-    lap("gradient")
-    hvp = hvp_fn() if hvp_fn is not None else hessian_vector_product(kl, params, cg_damping)
-    step_dir, residual = conjugate_gradient(hvp, g, cg_iters)
-    shs = float(torch.dot(step_dir, hvp(step_dir)))
-    del kl, hvp
+    if not math.isfinite(loss) or not torch.isfinite(gradient).all():
+        return TRPOResult(loss, loss, 0.0, 0.0, 0, math.nan, False, "non-finite-gradient", seconds)
+    step_dir, residual = conjugate_gradient(fvp, gradient, cg_iters)
+    shs = float(torch.dot(step_dir, fvp(step_dir)))
     lap("cg")
     if not math.isfinite(shs) or shs <= 0 or not torch.isfinite(step_dir).all():
-        return TRPOResult(
-            loss_before, loss_before, 0.0, 0.0, 0, residual, False, "non-finite-step", seconds
-        )
+        return TRPOResult(loss, loss, 0.0, 0.0, 0, residual, False, "non-finite-step", seconds)
     full_step = math.sqrt(2.0 * max_kl / shs) * step_dir
     old = [p.detach().clone() for p in params]
     steps = unflatten_like(full_step, params)
-    for i in range(max_backtracks):
-        fraction = backtrack_ratio**i
+    for i in range(ls_max_steps):
+        fraction = ls_backtrack_ratio**i
         with torch.no_grad():
             for p, p0, s in zip(params, old, steps):
                 p.copy_(p0 - fraction * s)
-        new_loss, new_kl = objective(False)
-        new_loss, new_kl = float(new_loss.detach()), float(new_kl.detach())
-        if math.isfinite(new_loss) and new_loss < loss_before and new_kl <= max_kl:
+        new_loss, new_kl = evaluate()
+        if math.isfinite(new_loss) and new_loss < loss and new_kl <= max_kl:
             lap("line_search")
             return TRPOResult(
-                loss_before, new_loss, new_kl, fraction, i + 1, residual, True, "accepted", seconds
+                loss, new_loss, new_kl, fraction, i + 1, residual, True, "accepted", seconds
             )
     with torch.no_grad():
         for p, p0 in zip(params, old):
             p.copy_(p0)
     lap("line_search")
     return TRPOResult(
-        loss_before,
-        loss_before,
-        0.0,
-        0.0,
-        max_backtracks,
-        residual,
-        False,
-        "no-improvement",
-        seconds,
+        loss, loss, 0.0, 0.0, ls_max_steps, residual, False, "no-improvement", seconds
     )

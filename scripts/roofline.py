@@ -5,10 +5,11 @@ meta-step's three kinds of work with torch's ``FlopCounterMode`` (matrix product
 ``bmm``, ``addmm``, ``baddbmm``; element-wise work is not counted, so the ratios below are upper
 bounds on how much of the time is arithmetic):
 
-* **gradient**: adapt theta -> theta'_i with the second-order graph, the surrogate at theta',
-  and its gradient with respect to theta;
+* **gradient**: adapt theta -> theta'_i, the surrogate at theta', the curvature's tapes
+  (:class:`maml_rl.fisher.AdaptationCurvature`) and the meta-gradient with respect to theta;
 * **curvature product**: one Fisher-vector product through the adaptation
-  (:func:`maml_rl.fisher.fisher_vector_product`, built once, then applied ``cg_iters`` times);
+  (:meth:`~maml_rl.fisher.AdaptationCurvature.fisher_vector_product`, applied ``cg_iters`` + 1
+  times per meta-step);
 * **line-search evaluation**: the surrogate and KL at a trial theta.
 
 Each is timed (median of ``repeats``), giving achieved GFLOP/s; the attainable rate is measured
@@ -29,7 +30,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from maml_rl.fisher import adapt_with_trace, fisher_vector_product
+from maml_rl.adaptation import adapt_steps
+from maml_rl.fisher import AdaptationCurvature
 from maml_rl.trainer import MAMLTrainer
 
 GIGA = 1e9
@@ -108,22 +110,23 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
     state: dict[str, Any] = {}
 
     def gradient() -> None:
-        adapted, trace = adapt_with_trace(
-            learner.policy, theta, inner, lrs, s.inner_objective, s.first_order
+        with torch.enable_grad():
+            adapted, steps = adapt_steps(
+                learner.policy, theta, inner, lrs, s.inner_objective, create_graph=False
+            )
+        adapted = {k: v.detach() for k, v in adapted.items()}
+        with torch.no_grad():
+            _loss, _kl, old = learner.surrogate_and_kl(inner, valid, None, False, adapted)
+        curvature = AdaptationCurvature(
+            learner.policy, theta, adapted, [] if s.first_order else steps, valid
         )
-        loss, _kl, old = learner.surrogate_and_kl(inner, valid, None, True, adapted)
-        torch.autograd.grad(loss, list(theta.values()), retain_graph=True)
-        state.update(adapted=adapted, trace=trace, old=old)
-
-    def build() -> None:
-        state["fvp"] = fisher_vector_product(
-            learner.policy, theta, state["adapted"], state["trace"], valid, s.cg_damping
-        )
+        curvature.surrogate_gradient(valid.advantages)
+        state.update(curvature=curvature, old=old)
 
     vector = torch.randn(sum(p.numel() for p in theta.values()), device=trainer.device)
 
     def product() -> None:
-        state["fvp"](vector)
+        state["curvature"].fisher_vector_product(vector, s.cg_damping)
 
     def evaluation() -> None:
         with torch.enable_grad():
@@ -131,10 +134,8 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
 
     out: dict[str, float] = {}
     gradient()
-    build()
     for name, fn in (
         ("gradient", gradient),
-        ("fvp_build", build),
         ("fvp", product),
         ("line_search_eval", evaluation),
     ):

@@ -50,50 +50,80 @@ def test_hessian_vector_product_equals_explicit_hessian():
 
 
 def _quadratic_problem(target, curvature):
+    """loss = |x - target|^2 and KL = 1/2 sum curvature (x - x0)^2 from x0 = 0: the exact
+    gradient, Hessian-vector product (damping 1e-5) and evaluate() of the explicit interface."""
     x = torch.zeros(2, dtype=D, requires_grad=True)
     anchor = x.detach().clone()
 
-    def objective(create_graph):
-        loss = ((x - target) ** 2).sum()
-        kl = 0.5 * (curvature * (x - anchor) ** 2).sum()
-        return loss, kl
+    def loss_kl():
+        with torch.no_grad():
+            return float(((x - target) ** 2).sum()), float(
+                0.5 * (curvature * (x - anchor) ** 2).sum()
+            )
 
-    return x, objective
+    gradient = 2.0 * (x.detach() - target)
+    return (
+        x,
+        float(((x - target) ** 2).sum()),
+        gradient,
+        lambda v: curvature * v + 1e-5 * v,
+        loss_kl,
+    )
 
 
 def test_trpo_step_respects_trust_region_and_improves():
-    x, objective = _quadratic_problem(
+    x, loss, gradient, fvp, evaluate = _quadratic_problem(
         torch.tensor([3.0, -4.0], dtype=D), torch.tensor([1.0, 4.0], dtype=D)
     )
-    res = trpo_step([x], objective, max_kl=0.01)
+    res = trpo_step([x], loss, gradient, fvp, evaluate, max_kl=0.01)
     assert res.accepted and res.reason == "accepted"
     assert res.loss_after < res.loss_before
     assert res.kl <= 0.01 + 1e-12
     # the first trial is the full step, whose quadratic KL equals delta exactly
     assert res.step_fraction == 1.0 and res.kl == pytest.approx(0.01, rel=1e-4)  # damping 1e-5
+    # and it moves along the natural-gradient direction -H^-1 g
+    direction = -gradient / (torch.tensor([1.0, 4.0], dtype=D) + 1e-5)
+    torch.testing.assert_close(x.detach() / x.detach().norm(), direction / direction.norm())
 
 
 def test_trpo_step_rejects_non_finite_and_keeps_theta():
     x = torch.zeros(2, dtype=D, requires_grad=True)
+    calls = []
 
-    def objective(create_graph):
-        return (x.sum() * math.inf), (x**2).sum()
+    def evaluate():
+        calls.append(1)
+        return 0.0, 0.0
 
-    res = trpo_step([x], objective)
-    assert not res.accepted and res.reason == "non-finite-gradient"
+    for loss, gradient in (
+        (math.inf, torch.ones(2, dtype=D)),
+        (0.0, torch.tensor([1.0, math.nan], dtype=D)),
+    ):
+        res = trpo_step([x], loss, gradient, lambda v: v, evaluate)
+        assert not res.accepted and res.reason == "non-finite-gradient"
+    assert torch.equal(x.detach(), torch.zeros(2, dtype=D)) and not calls
+
+
+def test_trpo_step_rejects_a_non_positive_curvature():
+    x = torch.zeros(2, dtype=D, requires_grad=True)
+    res = trpo_step([x], 1.0, torch.ones(2, dtype=D), lambda v: -v, lambda: (0.0, 0.0))
+    assert not res.accepted and res.reason == "non-finite-step"
     assert torch.equal(x.detach(), torch.zeros(2, dtype=D))
 
 
 def test_trpo_step_without_improvement_leaves_theta_unchanged():
     x = torch.tensor([1.0, 1.0], dtype=D, requires_grad=True)
-    calls = []
+    trials = []
 
-    def objective(create_graph):
-        calls.append(create_graph)
-        loss = (x**2).sum() if create_graph else torch.tensor(10.0, dtype=D)  # never improves
-        return loss, 0.5 * ((x - 1.0) ** 2).sum()
+    def evaluate():  # never improves on the loss 2.0
+        trials.append(x.detach().clone())
+        return 10.0, 0.0
 
-    res = trpo_step([x], objective, max_backtracks=4)
+    res = trpo_step(
+        [x], 2.0, 2 * x.detach(), lambda v: v, evaluate, ls_backtrack_ratio=0.5, ls_max_steps=4
+    )
     assert not res.accepted and res.reason == "no-improvement" and res.line_search_steps == 4
     assert torch.equal(x.detach(), torch.ones(2, dtype=D))
-    assert calls == [True, False, False, False, False]
+    # the trials shrink by the backtrack ratio: x0 - 0.5^i * full_step
+    steps = [torch.ones(2, dtype=D) - t for t in trials]
+    for i in range(1, 4):
+        torch.testing.assert_close(steps[i], 0.5**i * steps[0])
