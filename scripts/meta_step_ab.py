@@ -58,7 +58,8 @@ for i in range(repeats + 1):
     total = time.perf_counter() - start
     if i > 0:
         rows.append({"total": total, **result.seconds})
-update = torch.cat([(p.detach() - p0).reshape(-1) for p, p0 in zip(learner.policy.parameters(), theta)])
+new = [p.detach() for p in learner.policy.parameters()]
+update = torch.cat([(p - p0).reshape(-1) for p, p0 in zip(new, theta)])
 torch.save(update, out + ".pt")
 json.dump({"rows": rows, "accepted": result.accepted}, open(out, "w"))
 trainer.close()
