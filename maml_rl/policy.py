@@ -110,6 +110,12 @@ class GaussianMLPPolicy(nn.Module):
         return mean, log_std
 
 
+def is_task_batched(params: Params) -> bool:
+    """Whether ``params`` carry a leading task dimension (weights ``[M, out, in]``), for either
+    policy class (the Gaussian's ``log_std`` is then ``[M, act_dim]``; the categorical has none)."""
+    return params["layers.0.weight"].dim() == 3
+
+
 def replicate(params: Params, num_tasks: int) -> Params:
     """Give every parameter a leading task dimension of size ``num_tasks`` (a view, no copy).
 
@@ -185,8 +191,7 @@ class CategoricalMLPPolicy(nn.Module):
         ``baddbmm`` per layer serves all M tasks.
         """
         p = self.params() if params is None else params
-        batched = p["layers.0.weight"].dim() == 3
-        return mlp_forward(obs, p, len(self.layers), self.nonlinearity, batched)
+        return mlp_forward(obs, p, len(self.layers), self.nonlinearity, is_task_batched(p))
 
 
 def categorical_log_prob(actions: Tensor, logits: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from maml_rl.policy import (
     GaussianMLPPolicy,
     categorical_kl,
     categorical_log_prob,
+    is_task_batched,
     policy_class_for,
     replicate,
 )
@@ -153,3 +154,9 @@ def test_policy_class_for_the_registered_families():
     bandit = gym.make("MAML/BernoulliBandit-K10-v0")
     assert policy_class_for(bandit.action_space) is CategoricalMLPPolicy
     assert policy_class_for(gym.make("MAML/Navigation2D-v0").action_space) is GaussianMLPPolicy
+
+
+def test_is_task_batched_for_both_policies():
+    for policy in (GaussianMLPPolicy(3, 2, (4,)), CategoricalMLPPolicy(3, 2, (4,))):
+        assert not is_task_batched(policy.params())
+        assert is_task_batched(replicate(policy.params(), 3))
