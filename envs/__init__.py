@@ -13,6 +13,18 @@ id                          task distribution                           horizon
 ``MAML/AntGoal-v0``         goal position uniform in [-3, 3]^2            200
 ==========================  ==========================================  =======
 
+Discrete-action families (RL^2: Duan et al. 2016; ``Discrete`` action spaces):
+
+===============================  ============================================  =======
+id                               task distribution                             horizon
+===============================  ============================================  =======
+``MAML/BernoulliBandit-K5-v0``   5 arm probabilities uniform in [0, 1)               1
+``MAML/BernoulliBandit-K10-v0``  10 arm probabilities uniform in [0, 1)              1
+``MAML/BernoulliBandit-K50-v0``  50 arm probabilities uniform in [0, 1)              1
+``MAML/TabularMDP-v0``           10 states, 5 actions; mean rewards N(1, 1),        10
+                                 transitions Dirichlet(1, ..., 1)
+===============================  ============================================  =======
+
 Each locomotion family also comes as the authors' exact task (rllab's envs, as run by
 cbfinn/maml_rl: one physics step per env step, centre-of-mass velocity, rllab's observations,
 reset noise and ant model; :mod:`maml_envs.rllab_locomotion`): ``MAML/HalfCheetahVel-rllab-v0``,
@@ -27,20 +39,28 @@ from gymnasium import register
 
 from maml_envs.task_family import TaskFamilyEnv, TaskFamilyVectorEnv, TaskSpace
 from maml_envs.tasks import (
+    BernoulliArms,
+    BernoulliBanditTaskSpace,
     Direction,
     DirectionTaskSpace,
     GoalPosition,
     GoalPositionTaskSpace,
     GoalVelocity,
+    TabularMDP,
+    TabularMDPTaskSpace,
     VelocityTaskSpace,
 )
 
 __all__ = [
+    "BernoulliArms",
+    "BernoulliBanditTaskSpace",
     "Direction",
     "DirectionTaskSpace",
     "GoalPosition",
     "GoalPositionTaskSpace",
     "GoalVelocity",
+    "TabularMDP",
+    "TabularMDPTaskSpace",
     "TaskFamilyEnv",
     "TaskFamilyVectorEnv",
     "TaskSpace",
@@ -55,6 +75,15 @@ _FAMILIES = [
     ("AntDir", "ant", "AntDir", 200, {}),
     ("AntGoal", "ant", "AntGoal", 200, {"low": -3.0, "high": 3.0}),
 ]
+
+# discrete actions (RL^2, Duan et al. 2016, as tristandeleu/pytorch-maml-rl registers them):
+# K-armed Bernoulli bandits, one pull per episode; random tabular MDPs, S = 10, A = 5
+_FAMILIES += [
+    (f"BernoulliBandit-K{k}", "bandit", "BernoulliBandit", 1, {"k": k}) for k in (5, 10, 50)
+]
+_FAMILIES.append(
+    ("TabularMDP", "tabular_mdp", "TabularMDP", 10, {"num_states": 10, "num_actions": 5})
+)
 
 _RLLAB_FAMILIES = [
     ("HalfCheetahVel", {"low": 0.0, "high": 2.0}),

@@ -95,6 +95,21 @@ def check_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+def check_discrete_actions(actions: Any, shape: tuple[int, ...], num_actions: int) -> np.ndarray:
+    """Return ``actions`` as an int64 array of ``shape``; raise ValueError unless every entry
+    is an integer (integer dtype, as ``gymnasium.spaces.Discrete`` requires) in
+    [0, num_actions)."""
+    array = np.asarray(actions)
+    if array.shape != shape:
+        raise ValueError(f"action has shape {array.shape}, expected {shape}")
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"discrete actions must have an integer dtype, got {array.dtype}")
+    if array.size and (array.min() < 0 or array.max() >= num_actions):
+        bad = array[(array < 0) | (array >= num_actions)].ravel()[0]
+        raise ValueError(f"action {bad} outside the {num_actions} actions [0, {num_actions - 1}]")
+    return array.astype(np.int64)
+
+
 class _SamplesTasks:
     """``sample_tasks`` for single and batched envs alike (both hold a ``task_space``)."""
 
@@ -266,7 +281,7 @@ class TaskFamilyVectorEnv(_SamplesTasks, VectorEnv):
         """Advance the unfinished sub-envs by one step (see the class docstring)."""
         if self._last_obs is None:
             raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.action_space.shape)
+        actions = self._check_actions(actions)
         active = ~(self._terminated | self._truncated)
         if not active.any():
             info = {key: np.zeros_like(value) for key, value in self._last_info.items()}
@@ -294,6 +309,11 @@ class TaskFamilyVectorEnv(_SamplesTasks, VectorEnv):
         self._last_info = info
         return obs.copy(), rewards, self._terminated.copy(), self._truncated.copy(), info
 
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        """Validate the (N, ...) actions of :meth:`step`: float64 and finite by default;
+        families with discrete actions override it (:func:`check_discrete_actions`)."""
+        return check_actions(actions, self.action_space.shape)
+
     def _draw_per_env(
         self,
         draw: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
@@ -305,6 +325,27 @@ class TaskFamilyVectorEnv(_SamplesTasks, VectorEnv):
         if rngs is None:
             return draw(self.np_random, (self.num_envs, *shape))
         return np.stack([draw(rng, shape) for rng in rngs])
+
+    def _draw_active(
+        self,
+        draw: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
+        active: np.ndarray,
+    ) -> np.ndarray:
+        """(N,) float64 random draws during a step, 0.0 for sub-envs not in ``active``.
+
+        Only the sub-envs that step consume randomness: with a list seed each draws
+        ``draw(rng_i, ())`` from its own generator, exactly as a single env reset with that seed
+        draws ``draw(np_random, ())`` on the same step (so stochastic rewards and transitions
+        match single envs step for step); otherwise ``draw(np_random, (n_active,))`` serves all.
+        """
+        out = np.zeros(self.num_envs, dtype=np.float64)
+        rngs = getattr(self, "_sub_env_rngs", None)
+        if rngs is None:
+            out[active] = draw(self.np_random, (int(active.sum()),))
+        else:
+            for i in np.flatnonzero(active):
+                out[i] = draw(rngs[i], ())
+        return out
 
     @abstractmethod
     def _reset_all(self) -> np.ndarray:

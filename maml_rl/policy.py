@@ -1,8 +1,11 @@
-"""Gaussian MLP policy with a functional forward over explicit, optionally task-batched, parameters.
+"""MLP policies with a functional forward over explicit, optionally task-batched, parameters.
 
-The policy of Finn et al. (2017, section 5.3): an MLP (default 2 x 100, ReLU) maps an
-observation to the mean of a diagonal Gaussian whose log standard deviation is a
-state-independent parameter (initial std 1).
+The policy of Finn et al. (2017, section 5.3) for ``Box`` actions: an MLP (default 2 x 100,
+ReLU) maps an observation to the mean of a diagonal Gaussian whose log standard deviation is a
+state-independent parameter (initial std 1). For ``Discrete`` actions (the bandit and tabular-MDP
+families of RL^2, Duan et al. 2016), the same MLP maps an observation to the logits of a
+categorical distribution (:class:`CategoricalMLPPolicy`); :func:`policy_class_for` picks the
+class from an action space.
 
 Parameters are a ``dict[str, Tensor]``. Every tensor may carry a leading *task* dimension M
 (one parameter set per task, e.g. after per-task adaptation); one batched matrix product per
@@ -15,6 +18,7 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
@@ -22,6 +26,31 @@ Params = dict[str, Tensor]
 
 NONLINEARITIES = {"relu": torch.relu, "tanh": torch.tanh}
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def mlp_forward(
+    obs: Tensor, params: Params, num_layers: int, nonlinearity: str, batched: bool
+) -> Tensor:
+    """The MLP ``layers.0`` .. ``layers.{num_layers-1}`` of ``params`` applied to ``obs``.
+
+    Unbatched: ``obs [..., in]``, weights ``[out, in]``, one ``linear`` per layer. Batched:
+    ``obs [M, ..., in]``, weights ``[M, out, in]``, biases ``[M, out]``; the middle dimensions
+    are flattened and one ``baddbmm`` per layer serves all M tasks. Returns ``[..., out]``
+    (``[M, ..., out]`` batched); the nonlinearity follows every layer but the last.
+    """
+    lead = obs.shape[:-1]
+    h = obs.reshape(lead[0], -1, obs.shape[-1]) if batched else obs
+    act = NONLINEARITIES[nonlinearity]
+    for i in range(num_layers):
+        w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
+        h = (
+            torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if batched
+            else nn.functional.linear(h, w, b)
+        )
+        if i < num_layers - 1:
+            h = act(h)
+    return h.reshape(*lead, h.shape[-1])
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -74,23 +103,17 @@ class GaussianMLPPolicy(nn.Module):
         p = self.params() if params is None else params
         batched = p["log_std"].dim() == 2
         lead = obs.shape[:-1]
-        h = obs.reshape(lead[0], -1, obs.shape[-1]) if batched else obs
-        act = NONLINEARITIES[self.nonlinearity]
-        n = len(self.layers)
-        for i in range(n):
-            w, b = p[f"layers.{i}.weight"], p[f"layers.{i}.bias"]
-            h = (
-                torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-                if batched
-                else nn.functional.linear(h, w, b)
-            )
-            if i < n - 1:
-                h = act(h)
-        mean = h.reshape(*lead, self.act_dim)
+        mean = mlp_forward(obs, p, len(self.layers), self.nonlinearity, batched)
         log_std = p["log_std"]
         if batched:
             log_std = log_std.reshape(log_std.shape[0], *([1] * (len(lead) - 1)), self.act_dim)
         return mean, log_std
+
+
+def is_task_batched(params: Params) -> bool:
+    """Whether ``params`` carry a leading task dimension (weights ``[M, out, in]``), for either
+    policy class (the Gaussian's ``log_std`` is then ``[M, act_dim]``; the categorical has none)."""
+    return params["layers.0.weight"].dim() == 3
 
 
 def replicate(params: Params, num_tasks: int) -> Params:
@@ -118,3 +141,94 @@ def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Te
     var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
     kl = log_std_q - log_std_p + (var_p + (mean_p - mean_q).pow(2)) / (2 * var_q) - 0.5
     return kl.sum(-1)
+
+
+class CategoricalMLPPolicy(nn.Module):
+    """pi_theta(a|s) = softmax(f_theta(s))_a for ``Discrete(n)`` actions a in {0, ..., n-1}.
+
+    The MLP f_theta is built and initialised as :class:`GaussianMLPPolicy`'s (Glorot-uniform
+    weights, zero biases; the last layer outputs the n logits); there is no ``log_std``.
+
+    Args:
+        obs_dim: observation size.
+        num_actions: number of actions n (>= 1).
+        hidden_sizes: widths of the hidden layers.
+        nonlinearity: ``"relu"`` or ``"tanh"``.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        num_actions: int,
+        hidden_sizes: Sequence[int] = (100, 100),
+        nonlinearity: str = "relu",
+    ) -> None:
+        super().__init__()
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(
+                f"unknown nonlinearity {nonlinearity!r}; choose one of {sorted(NONLINEARITIES)}"
+            )
+        if num_actions < 1:
+            raise ValueError(f"num_actions must be >= 1, got {num_actions}")
+        self.obs_dim, self.num_actions = obs_dim, num_actions
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.nonlinearity = nonlinearity
+        sizes = (obs_dim, *self.hidden_sizes, num_actions)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
+        for layer in self.layers:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def params(self) -> Params:
+        """The meta-parameters theta as an ordered name -> tensor dict (shared storage)."""
+        return dict(self.named_parameters())
+
+    def forward(self, obs: Tensor, params: Params | None = None) -> Tensor:
+        """Logits of pi(.|obs), ``[..., num_actions]``.
+
+        ``obs`` is ``[..., obs_dim]`` with unbatched ``params``, or ``[M, ..., obs_dim]`` with
+        params carrying a leading task dimension M (weights ``[M, out, in]``): then one
+        ``baddbmm`` per layer serves all M tasks.
+        """
+        p = self.params() if params is None else params
+        return mlp_forward(obs, p, len(self.layers), self.nonlinearity, is_task_batched(p))
+
+
+def categorical_log_prob(actions: Tensor, logits: Tensor) -> Tensor:
+    """log pi(a) of integer ``actions`` ``[...]`` under ``logits`` ``[..., n]``.
+
+    log pi(a) = z_a - log sum_b exp(z_b), with z the logits (computed as ``log_softmax``).
+    Raises TypeError for a floating-point ``actions`` tensor (no silent rounding).
+    """
+    if actions.is_floating_point() or actions.is_complex():
+        raise TypeError(f"categorical actions must be an integer tensor, got {actions.dtype}")
+    log_pi = torch.log_softmax(logits, dim=-1)
+    return log_pi.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
+def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """KL(p || q) of categorical distributions given by logits ``[..., n]``; result ``[...]``.
+
+    KL = sum_a p_a (log p_a - log q_a), p = softmax(logits_p), q = softmax(logits_q).
+    """
+    log_p = torch.log_softmax(logits_p, dim=-1)
+    log_q = torch.log_softmax(logits_q, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+MLPPolicy = GaussianMLPPolicy | CategoricalMLPPolicy
+
+
+def policy_class_for(action_space: gym.Space) -> type[GaussianMLPPolicy | CategoricalMLPPolicy]:
+    """The policy class for a Gymnasium action space: a 1-D ``Box`` takes
+    :class:`GaussianMLPPolicy` (output size ``shape[0]``), a ``Discrete`` takes
+    :class:`CategoricalMLPPolicy` (output size ``n``; its actions are indices 0..n-1, to which a
+    sampler adds ``action_space.start``). Anything else raises a one-line ValueError."""
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        return GaussianMLPPolicy
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalMLPPolicy
+    raise ValueError(
+        f"no policy for action space {action_space}: need a 1-D Box (Gaussian policy) "
+        "or a Discrete (categorical policy)"
+    )
