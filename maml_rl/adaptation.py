@@ -22,17 +22,16 @@ import torch
 from torch import Tensor
 
 from maml_rl.batch import LossInputs, task_mean
-from maml_rl.policy import GaussianMLPPolicy, Params, gaussian_log_prob, replicate
+from maml_rl.policy import MLPPolicy, Params, is_task_batched, replicate
 
 INNER_OBJECTIVES = ("reinforce", "lvc")
 
 
 def inner_loss(
-    policy: GaussianMLPPolicy, params: Params, data: LossInputs, objective: str = "reinforce"
+    policy: MLPPolicy, params: Params, data: LossInputs, objective: str = "reinforce"
 ) -> Tensor:
     """Per-task inner loss ``[M]`` for task-batched ``params`` on ``data`` (``[M, N, ...]``)."""
-    mean, log_std = policy(data.observations, params)
-    logp = gaussian_log_prob(data.actions, mean, log_std)
+    logp = policy.log_prob(data.actions, policy(data.observations, params))
     if objective == "reinforce":
         weight = logp
     elif objective == "lvc":
@@ -54,7 +53,7 @@ class InnerStep:
 
 
 def adapt_steps(
-    policy: GaussianMLPPolicy,
+    policy: MLPPolicy,
     params: Params,
     inner_data: Sequence[LossInputs],
     step_sizes: Sequence[float],
@@ -71,7 +70,7 @@ def adapt_steps(
     if len(inner_data) != len(step_sizes):
         raise ValueError(f"got {len(inner_data)} inner batches but {len(step_sizes)} step sizes")
     num_tasks = inner_data[0].mask.shape[0] if inner_data else None
-    if num_tasks is not None and params["log_std"].dim() == 1:
+    if num_tasks is not None and not is_task_batched(params):
         params = replicate(params, num_tasks)
     steps: list[InnerStep] = []
     for data, lr in zip(inner_data, step_sizes):
@@ -83,7 +82,7 @@ def adapt_steps(
 
 
 def adapt(
-    policy: GaussianMLPPolicy,
+    policy: MLPPolicy,
     params: Params,
     inner_data: Sequence[LossInputs],
     step_sizes: Sequence[float],

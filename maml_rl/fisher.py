@@ -33,7 +33,14 @@ from torch import Tensor
 
 from maml_rl.adaptation import InnerStep
 from maml_rl.batch import LossInputs
-from maml_rl.policy import GaussianMLPPolicy, Params, replicate
+from maml_rl.policy import (
+    CategoricalMLPPolicy,
+    GaussianMLPPolicy,
+    MLPPolicy,
+    Params,
+    is_task_batched,
+    replicate,
+)
 from maml_rl.trpo import flatten, unflatten_like
 
 
@@ -46,15 +53,16 @@ def _bias(layer: int) -> str:
 
 
 class MLPTape:
-    """The forward pass of a task-batched :class:`GaussianMLPPolicy` at fixed parameters on fixed
+    """The forward pass of a task-batched MLP policy body at fixed parameters on fixed
     observations ``[M, N, obs_dim]``, kept for derivative products.
 
     Layer l computes z_l = h_{l-1} W_l^T + b_l, h_l = phi(z_l) (h_0 = observations, the last
-    layer linear: mu = z_L). Kept: the inputs h_{l-1}, the slopes phi'(z_l) and, for tanh, the
-    curvatures phi''(z_l) = -2 h_l phi'(z_l) (ReLU's is 0 almost everywhere, as in autograd).
+    layer linear: its z_L is the output, the Gaussian's mean or the categorical's logits). Kept:
+    the inputs h_{l-1}, the slopes phi'(z_l) and, for tanh, the curvatures
+    phi''(z_l) = -2 h_l phi'(z_l) (ReLU's is 0 almost everywhere, as in autograd).
     """
 
-    def __init__(self, policy: GaussianMLPPolicy, params: Params, observations: Tensor) -> None:
+    def __init__(self, policy: MLPPolicy, params: Params, observations: Tensor) -> None:
         self.num_layers = len(policy.layers)
         self.tanh = policy.nonlinearity == "tanh"
         self.weights = [params[_weight(i)] for i in range(self.num_layers)]
@@ -67,7 +75,7 @@ class MLPTape:
                 self.inputs.append(h)
                 z = torch.bmm(h, w.mT).add_(params[_bias(i)].unsqueeze(1))
                 if i == self.num_layers - 1:
-                    self.mean = z
+                    self.output = z
                 elif self.tanh:
                     h = torch.tanh(z)
                     slope = 1.0 - h * h
@@ -76,10 +84,9 @@ class MLPTape:
                 else:
                     self.slopes.append((z > 0).to(z.dtype))
                     h = z.clamp_min(0.0)
-        self.log_std = params["log_std"].detach()  # [M, A]
 
     def jvp(self, direction: Params) -> tuple[Tensor, list[Tensor | None], list[Tensor]]:
-        """R-op of the forward pass: R(mu) ``[M, N, A]`` for the parameter direction
+        """R-op of the forward pass: R(z_L) ``[M, N, out]`` for the parameter direction
         ``direction`` (task-batched), with R(h_{l-1}) per layer (None for the observations) and
         R(z_l) of the hidden layers (kept for tanh's curvature term).
 
@@ -103,13 +110,13 @@ class MLPTape:
             r_inputs.append(r_h)
         raise AssertionError("unreachable: the policy has at least one layer")
 
-    def deltas(self, grad_mean: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Backward pass of an output gradient dL/dmu ``[M, N, A]``: the gradients
-        delta_l = dL/dz_l of every layer (last first in the recursion, returned in layer order)
-        and, for tanh, the back-propagated delta_{l+1} W_{l+1} before the slope."""
-        deltas: list[Tensor] = [grad_mean]
+    def deltas(self, grad_output: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Backward pass of an output gradient dL/dz_L ``[M, N, out]``: the gradients
+        delta_l = dL/dz_l of every layer (in layer order) and, for tanh, the back-propagated
+        delta_{l+1} W_{l+1} before the slope."""
+        deltas: list[Tensor] = [grad_output]
         backprops: list[Tensor] = []
-        delta = grad_mean
+        delta = grad_output
         for i in range(self.num_layers - 1, 0, -1):
             back = torch.bmm(delta, self.weights[i])
             if self.tanh:
@@ -120,11 +127,11 @@ class MLPTape:
             deltas.append(delta)
         return deltas[::-1], backprops[::-1]
 
-    def vjp(self, grad_mean: Tensor) -> Params:
-        """J^T of the network body: dL/d(W_l, b_l) per task for the output gradient
-        dL/dmu: dL/dW_l = delta_l^T h_{l-1}, dL/db_l = sum_n delta_l (log_std not included)."""
+    def vjp(self, grad_output: Tensor) -> Params:
+        """J^T of the body: dL/d(W_l, b_l) per task for the output gradient dL/dz_L:
+        dL/dW_l = delta_l^T h_{l-1}, dL/db_l = sum_n delta_l."""
         grads: Params = {}
-        delta = grad_mean
+        delta = grad_output
         for i in range(self.num_layers - 1, -1, -1):
             grads[_weight(i)] = torch.bmm(delta.mT, self.inputs[i])
             grads[_bias(i)] = delta.sum(1)
@@ -133,55 +140,127 @@ class MLPTape:
         return grads
 
 
+class GaussianHead:
+    """log N(a; mu, sigma^2) per sample in the outputs mu (the body's) and s = log sigma (the
+    ``log_std`` parameter, one per task). With e = (a - mu) / sigma:
+
+        d log pi / d mu = e / sigma,               d log pi / d s = e^2 - 1,
+        d2 / d mu2 = -1 / sigma^2,  d2 / d mu ds = -2 e / sigma,  d2 / ds2 = -2 e^2,
+
+    and the Fisher information (the KL's Hessian at p = q) is diag(1 / sigma^2, 2).
+    """
+
+    extra = "log_std"
+
+    def __init__(self, actions: Tensor, mean: Tensor, log_std: Tensor) -> None:
+        self.inv_std = torch.exp(-log_std).unsqueeze(1)  # [M, 1, A]
+        self.e = (actions - mean) * self.inv_std
+        self.score_output = self.e * self.inv_std
+        self.score_extra = self.e * self.e - 1.0
+
+    def hessian(self, r_output: Tensor, r_extra: Tensor) -> tuple[Tensor, Tensor]:
+        """(d2 log pi) applied to the output directions (R(mu), R(s)), per sample."""
+        return (
+            -r_output * self.inv_std * self.inv_std - 2.0 * self.score_output * r_extra,
+            -2.0 * self.score_output * r_output - 2.0 * self.e * self.e * r_extra,
+        )
+
+    def fisher(self, d_output: Tensor, d_extra: Tensor) -> tuple[Tensor, Tensor]:
+        """The Fisher information applied to output directions, per sample."""
+        return d_output * self.inv_std * self.inv_std, 2.0 * d_extra.expand_as(d_output)
+
+
+class CategoricalHead:
+    """log softmax(z)_a per sample in the logits z, with p = softmax(z):
+
+        d log pi / dz = onehot(a) - p,      d2 log pi / dz2 = -(diag(p) - p p^T),
+
+    which is also the Fisher information's negative (it does not depend on a).
+    """
+
+    extra = None
+
+    def __init__(self, actions: Tensor, logits: Tensor) -> None:
+        self.p = torch.softmax(logits, dim=-1)
+        onehot = torch.nn.functional.one_hot(actions.long(), logits.shape[-1])
+        self.score_output = onehot.to(logits.dtype) - self.p
+        self.score_extra = None
+
+    def fisher(self, d_output: Tensor, d_extra: None = None) -> tuple[Tensor, None]:
+        """(diag(p) - p p^T) d, per sample."""
+        p = self.p
+        return p * d_output - p * (p * d_output).sum(-1, keepdim=True), None
+
+    def hessian(self, r_output: Tensor, r_extra: None = None) -> tuple[Tensor, None]:
+        """(d2 log pi) applied to the logit direction, per sample."""
+        return -self.fisher(r_output)[0], None
+
+
+Head = GaussianHead | CategoricalHead
+
+
+def make_head(policy: MLPPolicy, params: Params, actions: Tensor, output: Tensor) -> Head:
+    """The distribution head of ``policy`` for task-batched ``params`` at the body's output."""
+    if isinstance(policy, GaussianMLPPolicy):
+        return GaussianHead(actions, output, params["log_std"].detach())
+    if isinstance(policy, CategoricalMLPPolicy):
+        return CategoricalHead(actions, output)
+    raise TypeError(
+        f"hand-written curvature products need a GaussianMLPPolicy or CategoricalMLPPolicy, "
+        f"got {type(policy).__name__}; use hvp='exact'"
+    )
+
+
+def _extra_direction(head: Head, v: Params) -> Tensor | None:
+    """The direction of the head's per-task parameter, broadcast over samples: ``[M, 1, A]``."""
+    return v[head.extra].unsqueeze(1) if head.extra else None
+
+
 class InnerLossCurvature:
     """v -> H_in v, the per-task Hessian of one inner step's loss at that step's parameters.
 
     The inner loss (:func:`maml_rl.adaptation.inner_loss`) is L = -sum_n c_n w_n with
     c_n = A_n m_n / sum(m) and w_n = log pi(a_n|s_n) ("reinforce") or its LVC form, whose
-    Hessian adds -sum_n c_n g_n g_n^T (g_n = grad log pi_n). With e = (a - mu)/sigma and
-    s = log sigma the Gaussian terms are
-
-        dL/dmu = -c e / sigma,                  dL/ds = -sum_n c (e^2 - 1),
-        R(dL/dmu) = c (R(mu) / sigma^2 + 2 e R(s) / sigma),
-        R(dL/ds) = sum_n 2 c (e R(mu) / sigma + e^2 R(s)),
-
-    and the network part is the R-op of the backward pass (Pearlmutter 1994):
+    Hessian adds -sum_n c_n g_n g_n^T (g_n = grad log pi_n). The output part,
+    R(dL/dz_L) = -c d2 log pi [R(z_L), R(s)] (and -sum_n of it for the head's per-task
+    parameter s), comes from the head (:class:`GaussianHead`, :class:`CategoricalHead`); the
+    network part is the R-op of the backward pass (Pearlmutter 1994):
 
         R(delta_l) = phi'(z_l) (R(delta_{l+1}) W_{l+1} + delta_{l+1} R(W_{l+1}))
                      + phi''(z_l) R(z_l) delta_{l+1} W_{l+1},
         R(dL/dW_l) = R(delta_l)^T h_{l-1} + delta_l^T R(h_{l-1}),   R(dL/db_l) = sum_n R(delta_l).
     """
 
-    def __init__(self, policy: GaussianMLPPolicy, step: InnerStep) -> None:
+    def __init__(self, policy: MLPPolicy, step: InnerStep) -> None:
         params = {k: v.detach() for k, v in step.params.items()}
-        if params["log_std"].dim() == 1:
+        if not is_task_batched(params):
             params = replicate(params, step.data.mask.shape[0])
         data = step.data
         self.tape = MLPTape(policy, params, data.observations)
         self.lvc = step.objective == "lvc"
         with torch.no_grad():
-            inv_std = torch.exp(-self.tape.log_std).unsqueeze(1)  # [M, 1, A]
-            self.inv_std = inv_std
-            self.e = (data.actions - self.tape.mean) * inv_std  # [M, N, A]
+            self.head = make_head(policy, params, data.actions, self.tape.output)
             count = data.mask.sum(-1, keepdim=True).clamp_min(1.0)
             self.c = (data.advantages * data.mask / count).unsqueeze(-1)  # [M, N, 1]
-            grad_mean = -self.c * self.e * inv_std
-            self.deltas, self.backprops = self.tape.deltas(grad_mean)
+            self.deltas, self.backprops = self.tape.deltas(-self.c * self.head.score_output)
 
     def __call__(self, v: Params) -> Params:
         """H_in v for task-batched directions ``v`` (``[M, ...]`` per parameter)."""
-        tape, c, e, inv_std = self.tape, self.c, self.e, self.inv_std
-        r_mean, r_inputs, r_pre = tape.jvp(v)
-        r_s = v["log_std"].unsqueeze(1)  # [M, 1, A]
-        e_scaled = e * inv_std
-        r_grad_mean = c * (r_mean * inv_std * inv_std + 2.0 * e_scaled * r_s)
-        r_grad_s = (2.0 * c * (e_scaled * r_mean + e * e * r_s)).sum(1)
+        tape, head, c = self.tape, self.head, self.c
+        r_output, r_inputs, r_pre = tape.jvp(v)
+        r_extra = _extra_direction(head, v)
+        h_output, h_extra = head.hessian(r_output, r_extra)
+        r_grad_output = -c * h_output
+        out: Params = {}
+        if head.extra:
+            out[head.extra] = -(c * h_extra).sum(1)
         if self.lvc:  # - sum_n c_n g_n (g_n . v), g_n . v = R(log pi_n)
-            r_logp = (e_scaled * r_mean + (e * e - 1.0) * r_s).sum(-1, keepdim=True)
-            r_grad_mean = r_grad_mean - c * r_logp * e_scaled
-            r_grad_s = r_grad_s - (c * r_logp * (e * e - 1.0)).sum(1)
-        out: Params = {"log_std": r_grad_s}
-        r_delta = r_grad_mean
+            r_logp = (head.score_output * r_output).sum(-1, keepdim=True)
+            if head.extra:
+                r_logp = r_logp + (head.score_extra * r_extra).sum(-1, keepdim=True)
+                out[head.extra] = out[head.extra] - (c * r_logp * head.score_extra).sum(1)
+            r_grad_output = r_grad_output - c * r_logp * head.score_output
+        r_delta = r_grad_output
         for i in range(tape.num_layers - 1, -1, -1):
             delta = self.deltas[i]
             grad_w = torch.bmm(r_delta.mT, tape.inputs[i])
@@ -219,34 +298,26 @@ class AdaptationCurvature:
 
     def __init__(
         self,
-        policy: GaussianMLPPolicy,
+        policy: MLPPolicy,
         theta: Params,
         adapted: Params,
         steps: Sequence[InnerStep],
         valid_data: LossInputs,
     ) -> None:
-        if not isinstance(policy, GaussianMLPPolicy):
-            raise TypeError(
-                f"hand-written curvature products need a GaussianMLPPolicy, got "
-                f"{type(policy).__name__}; use hvp='exact'"
-            )
         self.names = list(theta)
         self.theta_list = [theta[k] for k in self.names]
         self.num_tasks = valid_data.mask.shape[0]
         adapted = {k: v.detach() for k, v in adapted.items()}
-        if adapted["log_std"].dim() == 1:  # no inner step: one set for all
+        if not is_task_batched(adapted):  # no inner step: one set for all
             adapted = replicate(adapted, self.num_tasks)
         self.inner = [(InnerLossCurvature(policy, step), step.lr) for step in steps]
-        self.valid = valid_data
         self.tape = MLPTape(policy, adapted, valid_data.observations)
         with torch.no_grad():
-            self.weight = valid_data.mask / (
-                valid_data.mask.sum(-1, keepdim=True).clamp_min(1.0) * self.num_tasks
-            )  # [M, N]: the KL and surrogate average
-            self.mean_fisher = (
-                self.weight.unsqueeze(-1) * torch.exp(-2.0 * self.tape.log_std)[:, None, :]
-            )
-            self.log_std_fisher = 2.0 * self.weight.sum(-1, keepdim=True)  # [M, 1]
+            self.head = make_head(policy, adapted, valid_data.actions, self.tape.output)
+            self.weight = (
+                valid_data.mask
+                / (valid_data.mask.sum(-1, keepdim=True).clamp_min(1.0) * self.num_tasks)
+            ).unsqueeze(-1)  # [M, N, 1]: the KL and surrogate average
 
     def _through_inner(self, vectors: Params, reverse: bool) -> Params:
         """prod_j (I - alpha_j H_j) applied to per-task vectors (J^T: in reverse step order)."""
@@ -267,21 +338,18 @@ class AdaptationCurvature:
     def fisher_vector_product(self, v: Tensor, damping: float = 0.0) -> Tensor:
         """(J^T F J + damping I) v for the flattened meta-parameters."""
         u = self._through_inner(self._per_task(v), reverse=False)
-        d_mean = self.tape.jvp(u)[0]
-        z = self.tape.vjp(self.mean_fisher * d_mean)
-        z["log_std"] = self.log_std_fisher * u["log_std"]
+        f_output, f_extra = self.head.fisher(self.tape.jvp(u)[0], _extra_direction(self.head, u))
+        z = self.tape.vjp(self.weight * f_output)
+        if self.head.extra:
+            z[self.head.extra] = (self.weight * f_extra).sum(1)
         return self._to_theta(self._through_inner(z, reverse=True)) + damping * v
 
     def surrogate_gradient(self, advantages: Tensor) -> Tensor:
-        """grad_theta of L = -mean_i task_mean(pi_theta'/pi_old' A) at pi_old' = pi_theta'.
-
-        Per sample dL/dmu = -w A e / sigma and dL/d log sigma = -w A (e^2 - 1), with w the
-        average's weight and e = (a - mu)/sigma; then J_out^T and the inner factors.
-        """
+        """grad_theta of L = -mean_i task_mean(pi_theta'/pi_old' A) at pi_old' = pi_theta':
+        per sample dL/d(output) = -w A d log pi / d(output), then J_out^T and the inner factors."""
         with torch.no_grad():
-            inv_std = torch.exp(-self.tape.log_std).unsqueeze(1)
-            e = (self.valid.actions - self.tape.mean) * inv_std
-            wa = (self.weight * advantages).unsqueeze(-1)
-            grads = self.tape.vjp(-wa * e * inv_std)
-            grads["log_std"] = -(wa * (e * e - 1.0)).sum(1)
+            wa = self.weight * advantages.unsqueeze(-1)
+            grads = self.tape.vjp(-wa * self.head.score_output)
+            if self.head.extra:
+                grads[self.head.extra] = -(wa * self.head.score_extra).sum(1)
             return self._to_theta(self._through_inner(grads, reverse=True))

@@ -23,10 +23,12 @@ from torch import Tensor
 from maml_rl.adaptation import adapt, adapt_steps
 from maml_rl.batch import LossInputs, task_mean
 from maml_rl.fisher import AdaptationCurvature, subsample
-from maml_rl.policy import GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
+from maml_rl.policy import MLPPolicy, PolicyOutput, detach_output
 from maml_rl.trpo import TRPOResult, flatten, hessian_vector_product, trpo_step
 
 HVP_METHODS = ("gauss_newton", "exact")
+OldPolicy = tuple[PolicyOutput, Tensor]
+"""pi_old' on the post-update batch: its forward output and log-probabilities (detached)."""
 
 
 @dataclass
@@ -54,7 +56,7 @@ class MetaLearnerSettings:
 class MetaLearner:
     """Holds the policy (theta) and performs adaptation and TRPO meta-updates."""
 
-    def __init__(self, policy: GaussianMLPPolicy, settings: MetaLearnerSettings) -> None:
+    def __init__(self, policy: MLPPolicy, settings: MetaLearnerSettings) -> None:
         self.policy = policy
         self.settings = settings
 
@@ -76,24 +78,24 @@ class MetaLearner:
         self,
         inner_data: Sequence[LossInputs],
         valid_data: LossInputs,
-        old: tuple[Tensor, Tensor, Tensor] | None = None,
+        old: OldPolicy | None = None,
         create_graph: bool = True,
         adapted: dict[str, Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    ) -> tuple[Tensor, Tensor, OldPolicy]:
         """Surrogate loss and mean KL at the current theta.
 
-        ``old`` = (mean, log_std, log_prob) of pi_old' on ``valid_data``; ``None`` takes the
+        ``old`` = (forward output, log_prob) of pi_old' on ``valid_data``; ``None`` takes the
         current adapted policy as pi_old' (ratio 1, KL 0). ``adapted`` may pass theta'
         computed already. Returns (loss, kl, old).
         """
         params = adapted if adapted is not None else self.adapt(inner_data, create_graph)
-        mean, log_std = self.policy(valid_data.observations, params)
-        logp = gaussian_log_prob(valid_data.actions, mean, log_std)
+        output = self.policy(valid_data.observations, params)
+        logp = self.policy.log_prob(valid_data.actions, output)
         if old is None:
-            old = (mean.detach(), log_std.detach(), logp.detach())
-        ratio = torch.exp(logp - old[2])
+            old = (detach_output(output), logp.detach())
+        ratio = torch.exp(logp - old[1])
         loss = -task_mean(ratio * valid_data.advantages, valid_data.mask).mean()
-        kl = task_mean(gaussian_kl(old[0], old[1], mean, log_std), valid_data.mask).mean()
+        kl = task_mean(self.policy.kl(old[0], output), valid_data.mask).mean()
         return loss, kl, old
 
     def step(
@@ -144,7 +146,7 @@ class MetaLearner:
         inner_data: Sequence[LossInputs],
         valid_data: LossInputs,
         generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], tuple[Tensor, Tensor, Tensor]]:
+    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], OldPolicy]:
         """Surrogate value, meta-gradient and damped Fisher-vector product by hand-written
         passes (:class:`maml_rl.fisher.AdaptationCurvature`); ``cg_subsample`` < 1 builds the
         product's curvature on a random subset of every batch (Schulman et al. 2015, sec. 6)."""

@@ -109,6 +109,16 @@ class GaussianMLPPolicy(nn.Module):
             log_std = log_std.reshape(log_std.shape[0], *([1] * (len(lead) - 1)), self.act_dim)
         return mean, log_std
 
+    @staticmethod
+    def log_prob(actions: Tensor, output: tuple[Tensor, Tensor]) -> Tensor:
+        """log pi(a|s) for the forward's ``(mean, log_std)`` (:func:`gaussian_log_prob`)."""
+        return gaussian_log_prob(actions, *output)
+
+    @staticmethod
+    def kl(output_p: tuple[Tensor, Tensor], output_q: tuple[Tensor, Tensor]) -> Tensor:
+        """KL(p || q) between two forward outputs (:func:`gaussian_kl`)."""
+        return gaussian_kl(*output_p, *output_q)
+
 
 def is_task_batched(params: Params) -> bool:
     """Whether ``params`` carry a leading task dimension (weights ``[M, out, in]``), for either
@@ -193,6 +203,16 @@ class CategoricalMLPPolicy(nn.Module):
         p = self.params() if params is None else params
         return mlp_forward(obs, p, len(self.layers), self.nonlinearity, is_task_batched(p))
 
+    @staticmethod
+    def log_prob(actions: Tensor, output: Tensor) -> Tensor:
+        """log pi(a|s) for the forward's logits (:func:`categorical_log_prob`)."""
+        return categorical_log_prob(actions, output)
+
+    @staticmethod
+    def kl(output_p: Tensor, output_q: Tensor) -> Tensor:
+        """KL(p || q) between two forward outputs (:func:`categorical_kl`)."""
+        return categorical_kl(output_p, output_q)
+
 
 def categorical_log_prob(actions: Tensor, logits: Tensor) -> Tensor:
     """log pi(a) of integer ``actions`` ``[...]`` under ``logits`` ``[..., n]``.
@@ -217,6 +237,13 @@ def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
 
 
 MLPPolicy = GaussianMLPPolicy | CategoricalMLPPolicy
+PolicyOutput = tuple[Tensor, Tensor] | Tensor
+"""What a policy's forward returns: ``(mean, log_std)`` (Gaussian) or logits (categorical)."""
+
+
+def detach_output(output: PolicyOutput) -> PolicyOutput:
+    """A forward output with every tensor detached."""
+    return tuple(t.detach() for t in output) if isinstance(output, tuple) else output.detach()
 
 
 def policy_class_for(action_space: gym.Space) -> type[GaussianMLPPolicy | CategoricalMLPPolicy]:
