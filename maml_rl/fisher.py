@@ -286,6 +286,66 @@ def subsample(data: LossInputs, fraction: float, generator: torch.Generator) -> 
     return LossInputs(*(x[:, idx] for x in data))
 
 
+CACHE_BYTES = 24 * 2**20
+"""Working set aimed at per task group on CPU: a group's tapes' intermediates (about eight
+[tasks, N, width] arrays) stay in the last-level cache while a product runs over them."""
+
+
+def task_group_size(num_tasks: int, samples: int, width: int, itemsize: int, cuda: bool) -> int:
+    """Tasks per group in :class:`AdaptationCurvature`: all at once on a GPU (one kernel per
+    layer); on a CPU as many as keep ~8 arrays of ``samples x width`` per task in
+    :data:`CACHE_BYTES` (at least one)."""
+    if cuda:
+        return num_tasks
+    return max(1, min(num_tasks, CACHE_BYTES // (8 * samples * width * itemsize)))
+
+
+class _TaskGroup:
+    """The tapes of a contiguous group of tasks: their inner steps' loss curvatures, the
+    post-update tape and head, and the KL / surrogate average's weights (over all tasks)."""
+
+    def __init__(
+        self,
+        policy: MLPPolicy,
+        adapted: Params,
+        steps: Sequence[InnerStep],
+        valid_data: LossInputs,
+        total_tasks: int,
+    ) -> None:
+        self.inner = [(InnerLossCurvature(policy, step), step.lr) for step in steps]
+        self.tape = MLPTape(policy, adapted, valid_data.observations)
+        with torch.no_grad():
+            self.head = make_head(policy, adapted, valid_data.actions, self.tape.output)
+            self.weight = (
+                valid_data.mask
+                / (valid_data.mask.sum(-1, keepdim=True).clamp_min(1.0) * total_tasks)
+            ).unsqueeze(-1)  # [M, N, 1]: the KL and surrogate average
+
+    def through_inner(self, vectors: Params, reverse: bool) -> Params:
+        """prod_j (I - alpha_j H_j) applied to per-task vectors (J^T: in reverse step order)."""
+        for curvature, lr in reversed(self.inner) if reverse else self.inner:
+            hv = curvature(vectors)
+            vectors = {k: v - lr * hv[k] for k, v in vectors.items()}
+        return vectors
+
+    def fisher_product(self, v: Params) -> Params:
+        """J^T F J v per task, J through the inner steps and the policy's outputs."""
+        u = self.through_inner(v, reverse=False)
+        f_output, f_extra = self.head.fisher(self.tape.jvp(u)[0], _extra_direction(self.head, u))
+        z = self.tape.vjp(self.weight * f_output)
+        if self.head.extra:
+            z[self.head.extra] = (self.weight * f_extra).sum(1)
+        return self.through_inner(z, reverse=True)
+
+    def surrogate_gradient(self, advantages: Tensor) -> Params:
+        """Per task: per sample dL/d(output) = -w A d log pi / d(output), then J^T."""
+        wa = self.weight * advantages.unsqueeze(-1)
+        grads = self.tape.vjp(-wa * self.head.score_output)
+        if self.head.extra:
+            grads[self.head.extra] = -(wa * self.head.score_extra).sum(1)
+        return self.through_inner(grads, reverse=True)
+
+
 class AdaptationCurvature:
     """The meta-step's curvature through the adaptation, from tapes built once.
 
@@ -293,7 +353,9 @@ class AdaptationCurvature:
     whose theta' does not depend on theta through the gradient), each possibly on a subsample of
     its batch; ``valid_data`` is the post-update batch (or a subsample of it) on which the KL and
     surrogate are averaged: ``mean_tasks(task_mean(.))`` as in
-    :meth:`maml_rl.meta_learner.MetaLearner.surrogate_and_kl`.
+    :meth:`maml_rl.meta_learner.MetaLearner.surrogate_and_kl`. The tasks are split into groups
+    (``group_size``; default :func:`task_group_size`) whose products run one after another, so
+    that on a CPU each group's intermediates stay in cache; the sums over tasks are the same.
     """
 
     def __init__(
@@ -303,53 +365,60 @@ class AdaptationCurvature:
         adapted: Params,
         steps: Sequence[InnerStep],
         valid_data: LossInputs,
+        group_size: int | None = None,
     ) -> None:
         self.names = list(theta)
         self.theta_list = [theta[k] for k in self.names]
-        self.num_tasks = valid_data.mask.shape[0]
+        num_tasks, samples = valid_data.mask.shape
         adapted = {k: v.detach() for k, v in adapted.items()}
         if not is_task_batched(adapted):  # no inner step: one set for all
-            adapted = replicate(adapted, self.num_tasks)
-        self.inner = [(InnerLossCurvature(policy, step), step.lr) for step in steps]
-        self.tape = MLPTape(policy, adapted, valid_data.observations)
-        with torch.no_grad():
-            self.head = make_head(policy, adapted, valid_data.actions, self.tape.output)
-            self.weight = (
-                valid_data.mask
-                / (valid_data.mask.sum(-1, keepdim=True).clamp_min(1.0) * self.num_tasks)
-            ).unsqueeze(-1)  # [M, N, 1]: the KL and surrogate average
+            adapted = replicate(adapted, num_tasks)
+        if group_size is None:
+            widest = max(policy.hidden_sizes, default=1)
+            samples = max([samples, *(step.data.mask.shape[1] for step in steps)])
+            obs = valid_data.observations
+            group_size = task_group_size(
+                num_tasks, samples, widest, obs.element_size(), obs.device.type == "cuda"
+            )
+        self.groups = []
+        for start in range(0, num_tasks, group_size):
+            tasks = slice(start, start + group_size)
+            group_steps = [
+                InnerStep(
+                    {k: v[tasks] for k, v in step.params.items()}
+                    if is_task_batched(step.params)
+                    else step.params,
+                    LossInputs(*(x[tasks] for x in step.data)),
+                    step.lr,
+                    step.objective,
+                )
+                for step in steps
+            ]
+            group_valid = LossInputs(*(x[tasks] for x in valid_data))
+            group_adapted = {k: v[tasks] for k, v in adapted.items()}
+            self.groups.append(
+                (tasks, _TaskGroup(policy, group_adapted, group_steps, group_valid, num_tasks))
+            )
 
-    def _through_inner(self, vectors: Params, reverse: bool) -> Params:
-        """prod_j (I - alpha_j H_j) applied to per-task vectors (J^T: in reverse step order)."""
-        for curvature, lr in reversed(self.inner) if reverse else self.inner:
-            hv = curvature(vectors)
-            vectors = {k: vectors[k] - lr * hv[k] for k in self.names}
-        return vectors
-
-    def _per_task(self, flat: Tensor) -> Params:
-        return {
-            k: x.unsqueeze(0).expand(self.num_tasks, *x.shape)
-            for k, x in zip(self.names, unflatten_like(flat, self.theta_list))
-        }
-
-    def _to_theta(self, per_task: Params) -> Tensor:
-        return flatten([per_task[k].sum(0) for k in self.names])
+    def _sum_over_tasks(self, per_group) -> Tensor:
+        total = [sum(x) for x in zip(*([g[k].sum(0) for k in self.names] for g in per_group))]
+        return flatten(total)
 
     def fisher_vector_product(self, v: Tensor, damping: float = 0.0) -> Tensor:
         """(J^T F J + damping I) v for the flattened meta-parameters."""
-        u = self._through_inner(self._per_task(v), reverse=False)
-        f_output, f_extra = self.head.fisher(self.tape.jvp(u)[0], _extra_direction(self.head, u))
-        z = self.tape.vjp(self.weight * f_output)
-        if self.head.extra:
-            z[self.head.extra] = (self.weight * f_extra).sum(1)
-        return self._to_theta(self._through_inner(z, reverse=True)) + damping * v
+        shared = dict(zip(self.names, unflatten_like(v, self.theta_list)))
+        products = []
+        for _, group in self.groups:
+            size = group.weight.shape[0]
+            products.append(
+                group.fisher_product({k: x.expand(size, *x.shape) for k, x in shared.items()})
+            )
+        return self._sum_over_tasks(products) + damping * v
 
     def surrogate_gradient(self, advantages: Tensor) -> Tensor:
         """grad_theta of L = -mean_i task_mean(pi_theta'/pi_old' A) at pi_old' = pi_theta':
         per sample dL/d(output) = -w A d log pi / d(output), then J_out^T and the inner factors."""
         with torch.no_grad():
-            wa = self.weight * advantages.unsqueeze(-1)
-            grads = self.tape.vjp(-wa * self.head.score_output)
-            if self.head.extra:
-                grads[self.head.extra] = -(wa * self.head.score_extra).sum(1)
-            return self._to_theta(self._through_inner(grads, reverse=True))
+            return self._sum_over_tasks(
+                [group.surrogate_gradient(advantages[tasks]) for tasks, group in self.groups]
+            )

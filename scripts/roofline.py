@@ -53,7 +53,8 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 class _MatmulFlops(TorchDispatchMode):
     """Counts the FLOPs of every op torch's flop counter has a formula for (the matrix
-    products), backward and double-backward ops included. ``FlopCounterMode`` itself cannot
+    products), their in-place forms (``baddbmm_``, which the registry lacks) and backward and
+    double-backward ops included. ``FlopCounterMode`` itself cannot
     be used: its module tracker rejects ``autograd.grad`` on leaf tensors."""
 
     def __init__(self) -> None:
@@ -63,7 +64,10 @@ class _MatmulFlops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
+        packet = func._overloadpacket
+        formula = flop_registry.get(packet)
+        if formula is None and packet.__name__.endswith("_"):  # in-place: baddbmm_, addmm_
+            formula = flop_registry.get(getattr(torch.ops.aten, packet.__name__[:-1], None))
         if formula is not None:
             self.total += formula(*args, **kwargs, out_val=out)
         return out

@@ -3,7 +3,7 @@ import torch
 
 from maml_rl.adaptation import InnerStep, adapt_steps, inner_loss
 from maml_rl.batch import LossInputs
-from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature
+from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, task_group_size
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
 from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy
 from maml_rl.trpo import flatten, hessian_vector_product, unflatten_like
@@ -24,7 +24,7 @@ CASES = [
 ]
 
 
-def _curvature_problem(nonlinearity, objective, first_order, inner_steps):
+def _curvature_problem(nonlinearity, objective, first_order, inner_steps, group_size=None):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(3, 2, (6, 5), nonlinearity, init_std=0.7).double()
     inner = [_data(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
@@ -35,16 +35,19 @@ def _curvature_problem(nonlinearity, objective, first_order, inner_steps):
     adapted, steps = adapt_steps(
         policy, theta, inner, [0.3] * inner_steps, objective, create_graph=False
     )
-    curvature = AdaptationCurvature(policy, theta, adapted, [] if first_order else steps, valid)
+    curvature = AdaptationCurvature(
+        policy, theta, adapted, [] if first_order else steps, valid, group_size
+    )
     return policy, learner, inner, valid, curvature
 
 
+@pytest.mark.parametrize("group_size", [None, 1, 3])  # 4 tasks: one group, 4 x 1, 3 + 1
 @pytest.mark.parametrize(("nonlinearity", "objective", "first_order", "inner_steps"), CASES)
 def test_fisher_product_equals_double_backward_kl_hessian(
-    nonlinearity, objective, first_order, inner_steps
+    nonlinearity, objective, first_order, inner_steps, group_size
 ):
     policy, learner, inner, valid, curvature = _curvature_problem(
-        nonlinearity, objective, first_order, inner_steps
+        nonlinearity, objective, first_order, inner_steps, group_size
     )
     _, kl, _ = learner.surrogate_and_kl(inner, valid)
     exact = hessian_vector_product(kl, list(policy.parameters()), damping=0.01)
@@ -55,12 +58,13 @@ def test_fisher_product_equals_double_backward_kl_hessian(
         )
 
 
+@pytest.mark.parametrize("group_size", [None, 3])
 @pytest.mark.parametrize(("nonlinearity", "objective", "first_order", "inner_steps"), CASES)
 def test_meta_gradient_equals_autograd_through_the_adaptation(
-    nonlinearity, objective, first_order, inner_steps
+    nonlinearity, objective, first_order, inner_steps, group_size
 ):
     policy, learner, inner, valid, curvature = _curvature_problem(
-        nonlinearity, objective, first_order, inner_steps
+        nonlinearity, objective, first_order, inner_steps, group_size
     )
     loss, _, _ = learner.surrogate_and_kl(inner, valid)
     expected = flatten(torch.autograd.grad(loss, list(policy.parameters())))
@@ -196,3 +200,11 @@ def test_categorical_meta_step_equals_the_exact_reference():
         updates.append(flatten([p.detach() for p in policy.parameters()]) - before)
     assert updates[0].norm() > 0
     torch.testing.assert_close(updates[0], updates[1], rtol=1e-8, atol=1e-10)
+
+
+def test_task_group_size_keeps_a_group_in_the_cache_budget():
+    # navigation (N = 2000, width 100, float32): 6.4 MB per task -> 3 tasks in 24 MiB
+    assert task_group_size(20, 2000, 100, 4, cuda=False) == 3
+    assert task_group_size(20, 2000, 100, 4, cuda=True) == 20
+    assert task_group_size(40, 10**6, 100, 8, cuda=False) == 1
+    assert task_group_size(2, 10, 10, 4, cuda=False) == 2

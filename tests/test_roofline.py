@@ -19,6 +19,9 @@ def test_matmul_flops_forward_backward_and_double_backward():
     b = torch.randn(4, 7, 5)
     v = torch.randn(4, 5, 3, requires_grad=True)
     assert _flops(lambda: torch.bmm(b, v)) == 2 * 4 * 7 * 5 * 3
+    out = torch.zeros(4, 7, 3)  # in-place accumulation (not in torch's registry) counts too
+    assert _flops(lambda: out.baddbmm_(b, v.detach())) == 2 * 4 * 7 * 5 * 3
+    assert _flops(lambda: out[0].addmm_(x, w.detach())) == 2 * 7 * 5 * 3
 
     def grad() -> None:  # forward mm, then the weight gradient x^T g (the input needs none)
         torch.autograd.grad((x @ w).sum(), w)
