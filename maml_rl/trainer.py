@@ -3,7 +3,6 @@ rollouts each, sample post-update rollouts, meta-update with TRPO; log, checkpoi
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 import signal
@@ -38,7 +37,7 @@ from maml_rl.files import (
     lock_run_folder,
     remove_stale_temporaries,
 )
-from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
+from maml_rl.meta_learner import MetaLearner
 from maml_rl.monitor import ITERATION_KEY, log_config, make_logger, truncate_progress
 from maml_rl.policy import GaussianMLPPolicy
 from maml_rl.sampler import (
@@ -48,6 +47,7 @@ from maml_rl.sampler import (
     make_family_env,
     resolve_env_id,
 )
+from maml_rl.settings import MetaLearnerSettings
 from maml_rl.trpo import TRPOResult
 
 CONFIG_NAME = "config.yaml"
@@ -171,12 +171,7 @@ class MAMLTrainer:
             )
         else:
             self.sampler = VectorSampler.from_config(self.env_id, self.policy, config)
-        self.learner = MetaLearner(
-            self.policy,
-            MetaLearnerSettings(
-                **{f.name: getattr(config, f.name) for f in dataclasses.fields(MetaLearnerSettings)}
-            ),
-        )
+        self.learner = MetaLearner(self.policy, config.part(MetaLearnerSettings))
         self.iteration = 0  # completed meta-iterations
         self.env_steps = 0
 
