@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from maml_rl.errors import ConfigError
 from maml_rl.settings import (
     GROUPS,
     HVP_METHODS,
@@ -49,10 +50,6 @@ _TYPE_WORDS = {
     "list[int]": "a list",
     "dict[str, Any]": "a mapping",
 }
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the offending key or value."""
 
 
 @dataclass

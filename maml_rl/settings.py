@@ -15,7 +15,7 @@ Groups (who receives them):
 * :class:`AdvantageSettings`: discount, GAE, normalisation (every "sample, advantages, step").
 * :class:`InnerLoopSettings` and :class:`TRPOSettings`, together :class:`MetaLearnerSettings`
   (:class:`~maml_rl.meta_learner.MetaLearner`).
-* :class:`SamplerSettings`: the sampling back-end (:func:`~maml_rl.sampler.make_sampler`).
+* :class:`SamplerSettings`: the sampling back-end (:func:`~maml_rl.trainer.make_sampler`).
 * :class:`RunSettings`: seed, iterations, device, checkpoints, logging (:mod:`maml_rl.run`).
 """
 
@@ -31,7 +31,7 @@ HVP_METHODS = ("gauss_newton", "exact")
 NONLINEARITIES = ("relu", "tanh")
 """Hidden-layer activations of the policy (:mod:`maml_rl.policy`)."""
 SAMPLERS = ("vector", "ray")
-"""Sampling back-ends (:func:`maml_rl.sampler.make_sampler`)."""
+"""Sampling back-ends (:func:`maml_rl.trainer.make_sampler`)."""
 
 
 @dataclass
