@@ -1,6 +1,6 @@
 """The Python API for one new task: make its env, adapt a trained policy to it, act.
 
-Training and loading are :func:`maml_rl.trainer.train` and :func:`maml_rl.trainer.load_policy`;
+Training and loading are :func:`maml_rl.run.train` and :func:`maml_rl.run.load_policy`;
 all are exported by the package (``maml_rl.train``, ``maml_rl.load_policy``, ``maml_rl.adapt``,
 ...). The README's "Python API" section is a runnable example (run by tests/test_api.py).
 """
@@ -15,25 +15,18 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from maml_rl.adaptation import adapt as adapt_params
-from maml_rl.advantages import checked_advantages
-from maml_rl.batch import loss_inputs
 from maml_rl.config import TrainConfig
+from maml_rl.family import ActionMapping, TaskFamily
+from maml_rl.inner_loop import fine_tune, step_sizes
 from maml_rl.policy import GaussianMLPPolicy, Params
-from maml_rl.sampler import VectorSampler, make_family_env, unnormalize_actions
-from maml_rl.trainer import derive_seed, prepare_env
+from maml_rl.seeding import derive_seed
+from maml_rl.settings import AdvantageSettings
 
 
 def make_env(config: TrainConfig, task: Any = None) -> gym.Env:
     """A single env of the config's task family (its ``env_kwargs`` and horizon), set to
     ``task`` when given (otherwise pass ``reset(options={"task": task})``)."""
-    env_id = prepare_env(config)
-    extra: dict[str, Any] = {}
-    if config.max_episode_steps is not None:
-        extra["max_episode_steps"] = config.max_episode_steps
-    if task is not None:
-        extra["task"] = task
-    return make_family_env(env_id, config.env_kwargs, **extra)
+    return TaskFamily.from_config(config).make_env(task)
 
 
 def actions_for_env(
@@ -41,11 +34,9 @@ def actions_for_env(
 ) -> np.ndarray:
     """What the sampler sends to the env for the policy's actions: with ``normalize_actions``
     the policy's [-1, 1]^d mapped onto the Box (rllab's ``normalize``,
-    :func:`~maml_rl.sampler.unnormalize_actions`), otherwise clipped to the Box."""
-    low, high = action_space.low, action_space.high
-    if normalize_actions:
-        return unnormalize_actions(policy_actions, low, high).astype(action_space.dtype)
-    return np.clip(policy_actions, low, high).astype(action_space.dtype)
+    :class:`~maml_rl.family.ActionMapping`), otherwise clipped to the Box."""
+    to_env = ActionMapping(action_space, normalize_actions)
+    return to_env(policy_actions).astype(action_space.dtype)
 
 
 @dataclass
@@ -106,38 +97,26 @@ def adapt(
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     k = int(episodes or config.episodes_per_task)
     lr = config.inner_lr if alpha is None else float(alpha)
-    policy = policy.cpu()
-    sampler = VectorSampler.from_config(prepare_env(config), policy, config)
-    params: Params = {name: p.detach() for name, p in policy.params().items()}
-    returns: list[float] = []
-    try:
-        for j in range(num_steps + 1):
-            batch = sampler.sample([task], params, k, derive_seed(seed, j))
-            returns.append(float(batch.episode_returns.double().mean()))
-            if j == num_steps:
-                break
-            params = _step(policy, config, batch, params, lr if j == 0 else lr / 2.0)
-    finally:
-        sampler.close()
-    env = make_env(config)
-    space = env.action_space
-    env.close()
+    family = TaskFamily.from_config(config)
+    run = fine_tune(
+        policy,
+        family,
+        [task],
+        step_sizes(lr, num_steps),
+        k,
+        [derive_seed(seed, j) for j in range(num_steps + 1)],
+        config.part(AdvantageSettings),
+        config.inner_objective,
+        lambda j: "adaptation",
+        config.num_threads,
+    )
+    returns = [float(batch.episode_returns.double().mean()) for batch in run.batches]
+    params = run.params[-1]
     if params["log_std"].dim() == 1:  # no step taken: give the parameters a task dimension
         params = {name: p.unsqueeze(0) for name, p in params.items()}
+    space = family.action_space
+    family.close()
     return AdaptedPolicy(policy, params, config, space, returns)
-
-
-def _step(
-    policy: GaussianMLPPolicy, config: TrainConfig, batch: Any, params: Params, lr: float
-) -> Params:
-    adv = checked_advantages(
-        batch, config.gamma, config.gae_lambda, config.normalize_advantages, "adaptation"
-    )
-    leaf = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-    new = adapt_params(
-        policy, leaf, [loss_inputs(batch, adv)], [lr], config.inner_objective, create_graph=False
-    )
-    return {name: p.detach() for name, p in new.items()}
 
 
 __all__: Sequence[str] = ["AdaptedPolicy", "actions_for_env", "adapt", "make_env"]

@@ -67,3 +67,18 @@ def loss_inputs(batch: EpisodeBatch, advantages_t: Tensor) -> LossInputs:
 def task_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Per-task mean over valid samples: ``sum(v * m, -1) / sum(m, -1)`` for ``[M, N]`` inputs."""
     return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+def episode_batch(
+    observations: Tensor, actions: Tensor, rewards: Tensor, mask: Tensor
+) -> EpisodeBatch:
+    """The :class:`EpisodeBatch` of ``[T, M, K, ...]`` tensors, with each episode's return and
+    length summed over time (how every sampler assembles its batch)."""
+    return EpisodeBatch(
+        observations=observations,
+        actions=actions,
+        rewards=rewards,
+        mask=mask,
+        episode_returns=rewards.sum(0),
+        episode_lengths=mask.sum(0).long(),
+    )

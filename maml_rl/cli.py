@@ -20,16 +20,10 @@ from maml_rl.errors import RunFailure
 
 def _train(args: argparse.Namespace) -> int:
     from maml_rl.config import parse_overrides
-    from maml_rl.trainer import train
+    from maml_rl.run import resume, train
 
     if args.resume:
-        run_dir = train(
-            None,
-            run_dir=args.resume,
-            resume=True,
-            stdout=not args.quiet,
-            resume_overrides=parse_overrides(args.set),
-        )
+        run_dir = resume(args.resume, parse_overrides(args.set), stdout=not args.quiet)
     else:
         config = _load_config(args)
         run_dir = train(config, stdout=not args.quiet)
@@ -106,7 +100,7 @@ def _folder(path: str | Path) -> Path:
 
 
 def _baseline(args: argparse.Namespace) -> int:
-    from maml_rl.baselines import train_oracle, train_pretrained
+    from maml_rl.comparisons import train_oracle, train_pretrained
     from maml_rl.config import parse_overrides
 
     config = _load_config(args)

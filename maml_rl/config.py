@@ -1,4 +1,4 @@
-"""Training configuration: one validated dataclass, presets shipped as YAML in the package.
+"""Training configuration: the settings groups as one validated dataclass, presets as YAML.
 
 A config is built from a preset name or a YAML file, then ``key=value`` overrides (values are
 parsed as YAML: ``inner_lr=0.5``, ``hidden_sizes=[64,64]``, ``first_order=true``).
@@ -9,13 +9,30 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-SAMPLERS = ("vector", "ray")
+from maml_rl.errors import ConfigError
+from maml_rl.settings import (
+    GROUPS,
+    HVP_METHODS,
+    INNER_OBJECTIVES,
+    NONLINEARITIES,
+    SAMPLERS,
+    AdvantageSettings,
+    BatchSettings,
+    FamilySettings,
+    InnerLoopSettings,
+    PolicySettings,
+    RunSettings,
+    SamplerSettings,
+    TRPOSettings,
+)
+
+G = TypeVar("G")
 DEFAULT_CONFIG_NAME = "default"
 _TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
@@ -35,103 +52,26 @@ _TYPE_WORDS = {
 }
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the offending key or value."""
-
-
 @dataclass
-class TrainConfig:
-    """Everything a MAML-TRPO run depends on (defaults: the paper's 2D-navigation settings)."""
+class TrainConfig(
+    SamplerSettings,
+    TRPOSettings,
+    AdvantageSettings,
+    PolicySettings,
+    InnerLoopSettings,
+    BatchSettings,
+    RunSettings,
+    FamilySettings,
+):
+    """Everything a MAML-TRPO run depends on (defaults: the paper's 2D-navigation settings).
 
-    env_id: str = "MAML/Navigation2D-v0"
-    """Gymnasium id of the task family; ``module:Id`` imports ``module`` first (custom families)."""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the environment (e.g. task ranges)."""
-    env_import: str | None = None
-    """A module to import before making the env (registers a user's family)."""
-    normalize_actions: bool = True
-    """The policy acts in [-1, 1]^d, mapped onto the env's action bounds (rllab's ``normalize``,
-    used by the authors' scripts: for 2D navigation, policy std 1 means velocity noise 0.1)."""
-    max_episode_steps: int | None = None
-    """Horizon H; None: the id's registered max_episode_steps (100 navigation, 200 locomotion)."""
-    seed: int = 1
-    """Drives task sampling, environments and torch; the same seed gives the same run."""
-    num_iterations: int = 500
-    """Number of meta-iterations (meta-updates)."""
-    meta_batch_size: int = 20
-    """Tasks per meta-iteration (paper: 20 navigation, 40 locomotion)."""
-    episodes_per_task: int = 20
-    """K, trajectories per task for each inner step and for the post-update batch."""
-    num_inner_steps: int = 1
-    """Policy-gradient adaptation steps in training (each with fresh rollouts); 0 trains one
-    policy on all tasks jointly (multi-task TRPO, the paper's "pretrained" baseline)."""
-    inner_lr: float = 0.1
-    """Inner step size alpha."""
-    inner_objective: str = "reinforce"
-    """``reinforce`` (paper) or ``lvc`` (ProMP's low-variance curvature objective)."""
-    first_order: bool = False
-    """Drop second derivatives through the inner step (first-order MAML)."""
-    hidden_sizes: list[int] = field(default_factory=lambda: [100, 100])
-    """Policy MLP hidden layer widths."""
-    nonlinearity: str = "relu"
-    """``relu`` or ``tanh``."""
-    init_std: float = 1.0
-    """Initial action standard deviation."""
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 1.0
-    """GAE lambda (1.0: Monte-Carlo returns minus the linear baseline)."""
-    normalize_advantages: bool = True
-    """Normalise advantages per task (mean 0, std 1 over valid steps)."""
-    max_kl: float = 0.01
-    """TRPO trust region delta on the mean KL."""
-    cg_iters: int = 10
-    """Conjugate-gradient iterations."""
-    cg_damping: float = 1e-5
-    """Damping added to the KL Hessian."""
-    ls_backtrack_ratio: float = 0.8
-    """Line-search step shrink factor."""
-    ls_max_steps: int = 15
-    """Line-search trials."""
-    cg_subsample: float = 1.0
-    """Fraction of samples used in the CG curvature products (1.0: all; < 1: subsampled
-    Fisher, faster, an approximation whose effect on learning is reported in the README)."""
-    hvp: str = "gauss_newton"
-    """KL-Hessian products for CG: ``gauss_newton`` (J^T F J, equal at the current point, by
-    hand-written passes through the policy network; :mod:`maml_rl.fisher`) or ``exact`` (autograd:
-    double backward of the KL through the second-order adaptation, the slower reference)."""
-    device: str = "cpu"
-    """Learner device (``cpu`` or ``cuda``); sampling always runs on the CPU."""
-    num_threads: int | None = None
-    """Physics threads of the batched env (None: all cores)."""
-    torch_threads: int | None = None
-    """torch intra-op threads (None: torch's default)."""
-    checkpoint_every: int = 10
-    """Write a checkpoint every this many iterations (and at the end and on Ctrl-C)."""
-    keep_checkpoints: bool = False
-    """Also keep a copy of every periodic checkpoint as ``checkpoints/iteration_NNNNN.pt``."""
-    log_dir: str = "runs"
-    """Parent folder of run directories."""
-    run_name: str | None = None
-    """Run directory name; None: ``<env>__<config>__<seed>__<time>``."""
-    config_name: str = "custom"
-    """Name of the preset or file the config came from (used in the run name)."""
-    progress_bar: bool = True
-    """Show a progress bar with pre-/post-adaptation returns."""
-    sampler: str = "vector"
-    """``vector`` (one batched env in this process) or ``ray`` (tasks split over Ray actors;
-    ``pip install -e ".[ray]"``); both give the same batches for the same seed."""
-    ray_address: str = "local"
-    """``sampler=ray``: ``local`` starts Ray in this process; ``auto`` or ``host:port`` joins a
-    running cluster (``ray start --head``)."""
-    num_workers: int = 2
-    """``sampler=ray``: worker actors; each samples a contiguous shard of the meta-batch and
-    reserves ``num_threads`` CPUs (1 when null) for its physics."""
-    ray_max_retries: int = 3
-    """``sampler=ray``: times a shard is re-sampled in one call after its worker died."""
-    ray_timeout_s: float = 600.0
-    """``sampler=ray``: seconds to wait for a shard (or for workers to start) before the worker
-    counts as dead."""
+    The union of the settings groups of :mod:`maml_rl.settings`, where every key is declared
+    once with its default and meaning; :meth:`part` hands one group to the code that reads it.
+    """
+
+    def part(self, group: type[G]) -> G:
+        """This config's values of one settings group, e.g. ``config.part(TRPOSettings)``."""
+        return group(**{f.name: getattr(self, f.name) for f in dataclasses.fields(group)})
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first bad value; return self.
@@ -139,10 +79,6 @@ class TrainConfig:
         Every key is first checked against its declared type (booleans must be true or false,
         not a string such as ``yes-please``; integers are not booleans), then its range.
         """
-        from maml_rl.adaptation import INNER_OBJECTIVES
-        from maml_rl.meta_learner import HVP_METHODS
-        from maml_rl.policy import NONLINEARITIES
-
         _check_types(self)
 
         def need(ok: bool, key: str, what: str) -> None:
@@ -197,9 +133,7 @@ class TrainConfig:
             "inner_objective",
             f"one of {list(INNER_OBJECTIVES)}",
         )
-        need(
-            self.nonlinearity in NONLINEARITIES, "nonlinearity", f"one of {sorted(NONLINEARITIES)}"
-        )
+        need(self.nonlinearity in NONLINEARITIES, "nonlinearity", f"one of {list(NONLINEARITIES)}")
         need(0 < self.cg_subsample <= 1, "cg_subsample", "must be in (0, 1]")
         need(self.hvp in HVP_METHODS, "hvp", f"one of {list(HVP_METHODS)}")
         need(
@@ -262,6 +196,7 @@ def _check_types(config: TrainConfig) -> None:
 
 
 PRESET_DIR = Path(__file__).parent / "presets"
+SETTINGS_SOURCE = Path(__file__).parent / "settings.py"
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -291,20 +226,22 @@ def preset_summary(name: str) -> str:
 
 def key_docs() -> list[tuple[str, Any, str]]:
     """``(key, default, first sentence of its docstring)`` for every :class:`TrainConfig` key,
-    read from this file's source (no torch import: ``--help`` stays fast)."""
-    tree = ast.parse(Path(__file__).read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
+    group by group, read from the source of :mod:`maml_rl.settings` (no torch import:
+    ``--help`` stays fast)."""
+    tree = ast.parse(Path(SETTINGS_SOURCE).read_text())
     docs: dict[str, str] = {}
-    body = cls.body
-    for node, after in zip(body, [*body[1:], None]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-            text = " ".join(str(after.value.value).split()) if is_doc else ""
-            docs[node.target.id] = re.split(r"\.\s+(?=[A-Z])", text.replace("``", ""))[0]
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        body = cls.body
+        for node, after in zip(body, [*body[1:], None]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                text = " ".join(str(after.value.value).split()) if is_doc else ""
+                docs[node.target.id] = re.split(r"\.\s+(?=[A-Z])", text.replace("``", ""))[0]
     defaults = TrainConfig()
     return [
         (f.name, getattr(defaults, f.name), docs.get(f.name, ""))
-        for f in dataclasses.fields(TrainConfig)
+        for group in GROUPS
+        for f in dataclasses.fields(group)
     ]
 
 

@@ -1,13 +1,17 @@
 """Errors the command line reports in one line: a user's mistake exits 2, a failure of the
 machine, the cluster or the environment's numbers exits 1 (see docs/reliability.md).
 
-* ``ValueError`` (and :class:`~maml_rl.config.ConfigError`, :class:`CheckpointError`,
+* ``ValueError`` (and :class:`ConfigError`, :class:`CheckpointError`,
   :class:`RunFolderBusy`), ``FileNotFoundError``, ``FileExistsError``: the command asked for
   something that cannot be done as given (exit 2).
 * :class:`RunFailure`, ``OSError``: the run could not go on (exit 1).
 """
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key or value."""
 
 
 class CheckpointError(ValueError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -24,33 +23,11 @@ from maml_rl.adaptation import adapt, adapt_steps
 from maml_rl.batch import LossInputs, task_mean
 from maml_rl.fisher import AdaptationCurvature, subsample
 from maml_rl.policy import MLPPolicy, PolicyOutput, detach_output
+from maml_rl.settings import HVP_METHODS, MetaLearnerSettings
 from maml_rl.trpo import TRPOResult, flatten, hessian_vector_product, trpo_step
 
-HVP_METHODS = ("gauss_newton", "exact")
 OldPolicy = tuple[PolicyOutput, Tensor]
 """pi_old' on the post-update batch: its forward output and log-probabilities (detached)."""
-
-
-@dataclass
-class MetaLearnerSettings:
-    """Hyperparameters of the inner loop and the TRPO meta-step (paper defaults)."""
-
-    inner_lr: float = 0.1
-    inner_objective: str = "reinforce"
-    first_order: bool = False
-    max_kl: float = 0.01
-    cg_iters: int = 10
-    cg_damping: float = 1e-5
-    ls_backtrack_ratio: float = 0.8
-    ls_max_steps: int = 15
-    cg_subsample: float = 1.0
-    """Fraction of the samples (per task, inner and post-update) used in the CG curvature
-    products; 1.0 uses all (exact), < 1 is TRPO's subsampled Fisher (faster)."""
-    hvp: str = "gauss_newton"
-    """``gauss_newton``: J^T F J products by hand-written passes (:mod:`maml_rl.fisher`), equal
-    to the KL Hessian at the current point and cheaper, with the meta-gradient computed the same
-    way; ``exact``: autograd through the second-order adaptation and double backward of the KL
-    (the reference)."""
 
 
 class MetaLearner:

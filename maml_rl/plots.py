@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 if TYPE_CHECKING:
-    from maml_rl.evaluation import EvaluationReport, MethodResult
+    from maml_rl.report import EvaluationReport, MethodResult
 
 _COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray"}
 _ORACLE_COLOR = "tab:green"
@@ -121,7 +121,7 @@ def plot_training_curves(
     each run's ``progress.csv``; post-adaptation solid, pre-adaptation dashed. A partial last
     row (a run killed mid-write) is left out; a run without logged iterations is a
     ``ValueError`` naming it."""
-    from maml_rl.monitor import ITERATION_KEY, PROGRESS_CSV, read_progress
+    from maml_rl.logger import ITERATION_KEY, PROGRESS_CSV, read_progress
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for i, run in enumerate(run_dirs):

@@ -32,10 +32,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from maml_rl.batch import EpisodeBatch
+from maml_rl.batch import EpisodeBatch, episode_batch
 from maml_rl.errors import RunFailure
+from maml_rl.family import TaskFamily
 from maml_rl.policy import GaussianMLPPolicy, Params
-from maml_rl.sampler import VectorSampler, task_seeds
+from maml_rl.sampler import VectorSampler
+from maml_rl.seeding import task_seeds
 
 INSTALL_HINT = 'sampler=ray needs Ray: pip install -e ".[ray]" (or pip install "ray>=2.9")'
 
@@ -71,14 +73,7 @@ def assemble(shards: Sequence[ShardArrays]) -> EpisodeBatch:
     observations, actions, rewards, mask = (
         torch.from_numpy(np.concatenate([pad(s[i]) for s in shards], axis=1)) for i in range(4)
     )
-    return EpisodeBatch(
-        observations=observations,
-        actions=actions,
-        rewards=rewards,
-        mask=mask,
-        episode_returns=rewards.sum(0),
-        episode_lengths=mask.sum(0).long(),
-    )
+    return episode_batch(observations, actions, rewards, mask)
 
 
 class RaySamplerError(RunFailure):
@@ -140,7 +135,7 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
 
 
 class SamplerWorker:
-    """The actor body: imports the env modules, builds a VectorSampler, samples shards.
+    """The actor body: imports the family's modules, builds a VectorSampler, samples shards.
 
     ``hook``, if given, is called with the shard indices at the start of every
     :meth:`sample_shard` call (tests use it to make a worker die mid-sample).
@@ -148,20 +143,13 @@ class SamplerWorker:
 
     def __init__(
         self,
-        env_id: str,
+        family: TaskFamily,
         policy: GaussianMLPPolicy,
-        env_kwargs: dict[str, Any],
         num_threads: int | None,
-        max_episode_steps: int | None,
-        imports: Sequence[str],
         hook: Callable[[list[int]], None] | None = None,
-        normalize_actions: bool = False,
     ) -> None:
-        for module in imports:
-            importlib.import_module(module)
-        self.sampler = VectorSampler(
-            env_id, policy, env_kwargs, num_threads, max_episode_steps, normalize_actions
-        )
+        family.import_modules()
+        self.sampler = VectorSampler(family, policy, num_threads)
         self.hook = hook
 
     def ready(self) -> WorkerLocation:
@@ -190,13 +178,10 @@ class RaySampler:
     """A :class:`~maml_rl.sampler.Sampler` whose M tasks are sampled by ``num_workers`` Ray actors.
 
     Args:
-        env_id: registered id of the task family (``module:Id`` imports ``module`` on workers).
+        family: the resolved task family (workers import its :attr:`~TaskFamily.imports`).
         policy: the policy architecture (a CPU copy is shipped to every worker).
-        env_kwargs: keyword arguments for the environment.
         num_threads: physics threads of each worker's batched env, and the CPUs each worker
             reserves on its node (None: 1).
-        max_episode_steps: horizon H; None: the id's registered ``max_episode_steps``.
-        normalize_actions: as :class:`~maml_rl.sampler.VectorSampler`.
         num_workers: worker actors, >= 1; a call with M tasks uses ``min(M, num_workers)``.
         address: ``"local"`` starts a Ray instance in this process (stopped by :meth:`close`);
             ``"auto"`` or ``host:port`` / ``ray://host:port`` joins a running cluster. A Ray
@@ -204,26 +189,20 @@ class RaySampler:
         max_retries: times one shard may be re-sampled in one call after its worker died.
         timeout_s: seconds to wait for a shard (and for the workers to start) before the worker
             is treated as dead.
-        imports: modules every worker imports first (what registers the task family; ``maml_envs``
-            for the built-in families).
         worker_hook: called on the worker with the shard indices before each shard (tests).
     """
 
     def __init__(
         self,
-        env_id: str,
+        family: TaskFamily,
         policy: GaussianMLPPolicy,
-        env_kwargs: dict[str, Any] | None = None,
         num_threads: int | None = None,
-        max_episode_steps: int | None = None,
         *,
         num_workers: int = 2,
         address: str = "local",
         max_retries: int = 3,
         timeout_s: float = 600.0,
-        imports: Sequence[str] = ("maml_envs",),
         worker_hook: Callable[[list[int]], None] | None = None,
-        normalize_actions: bool = False,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -239,14 +218,10 @@ class RaySampler:
         self.retries = 0  # shards re-sampled after a worker failure, over the sampler's life
         self._owns_ray = self._connect(address)
         self._worker_args = (
-            env_id,
+            family,
             copy.deepcopy(policy).to("cpu"),
-            dict(env_kwargs or {}),
             self.threads_per_worker,
-            max_episode_steps,
-            list(imports),
             worker_hook,
-            normalize_actions,
         )
         self._actor_class = self.ray.remote(SamplerWorker).options(
             num_cpus=self.threads_per_worker,

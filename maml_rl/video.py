@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from maml_rl.config import TrainConfig
-    from maml_rl.evaluation import EvaluationReport, MethodResult
+    from maml_rl.family import ActionMapping, TaskFamily
     from maml_rl.policy import Params
+    from maml_rl.report import EvaluationReport, MethodResult
 
 GL_BACKENDS = ("egl", "osmesa")
 INSTALL_HINT = (
@@ -71,18 +71,9 @@ def video_format() -> str:
     return "mp4" if importlib.util.find_spec("imageio_ffmpeg") is not None else "gif"
 
 
-def make_render_env(config: TrainConfig, width: int, height: int) -> Any:
-    """A single env of the run's family rendering ``rgb_array`` frames."""
-    import gymnasium as gym
-
-    from maml_rl.trainer import prepare_env
-
-    kwargs = dict(config.env_kwargs)
-    if config.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = config.max_episode_steps
-    env = gym.make(
-        prepare_env(config), render_mode="rgb_array", width=width, height=height, **kwargs
-    )
+def make_render_env(family: TaskFamily, width: int, height: int) -> Any:
+    """A single env of the family rendering ``rgb_array`` frames."""
+    env = family.make_env(render_mode="rgb_array", width=width, height=height)
     use_tracking_camera(env)
     return env
 
@@ -111,18 +102,23 @@ def _task_params(params: Params, index: int) -> Params:
 
 
 def rollout_frames(
-    env: Any, policy: Any, params: Params, task: Any, seed: int, every: int = 2
+    env: Any,
+    policy: Any,
+    params: Params,
+    task: Any,
+    seed: int,
+    to_env: ActionMapping,
+    every: int = 2,
 ) -> tuple[list[np.ndarray], float]:
-    """Frames of one episode with the policy's mean action (every ``every``-th step) and its
-    return."""
+    """Frames of one episode with the policy's mean action, mapped onto the action space as in
+    training (``to_env``), every ``every``-th step, and its return."""
     obs, _ = env.reset(seed=seed, options={"task": task})
-    low, high = env.action_space.low, env.action_space.high
     frames, total, t = [env.render()], 0.0, 0
     done = False
     with torch.no_grad():
         while not done:
             mean, _ = policy(torch.as_tensor(obs, dtype=torch.float32), params)
-            obs, reward, terminated, truncated, _ = env.step(np.clip(mean.numpy(), low, high))
+            obs, reward, terminated, truncated, _ = env.step(to_env(mean.numpy()))
             total += float(reward)
             done = terminated or truncated
             t += 1
@@ -150,7 +146,7 @@ def _side_by_side(left: list[np.ndarray], right: list[np.ndarray]) -> list[np.nd
 def write_videos(
     report: EvaluationReport,
     result: MethodResult,
-    config: TrainConfig,
+    family: TaskFamily,
     out_dir: str | Path,
     num_tasks: int = 2,
     width: int = 320,
@@ -168,7 +164,7 @@ def write_videos(
     if result.policy is None or not result.params:
         return [], f"video: skipped, {result.label} has no adapted parameters to replay"
     try:
-        env = make_render_env(config, width, height)
+        env = make_render_env(family, width, height)
         env.reset(seed=0)
         env.render()
     except Exception as err:  # any GL/driver failure means: no renderer here
@@ -181,6 +177,7 @@ def write_videos(
     out.mkdir(parents=True, exist_ok=True)
     fmt = video_format()
     fps = max(1, round(1.0 / (2 * env.unwrapped.dt)))  # every 2nd step: real time
+    to_env = family.action_mapping(env.action_space)
     before, after = result.params[0], result.params[-1]
     steps = len(result.params) - 1
     written: list[Path] = []
@@ -189,10 +186,10 @@ def write_videos(
             task = report.tasks[i]
             seed = 1000 + i
             pre, pre_return = rollout_frames(
-                env, result.policy, _task_params(before, i), task, seed
+                env, result.policy, _task_params(before, i), task, seed, to_env
             )
             post, post_return = rollout_frames(
-                env, result.policy, _task_params(after, i), task, seed
+                env, result.policy, _task_params(after, i), task, seed, to_env
             )
             pre = [_label(f, f"pre-update  return {pre_return:.1f}") for f in pre]
             after_text = f"after {steps} step{'s' if steps != 1 else ''}"

@@ -73,7 +73,7 @@ def physics_limit(trainer: MAMLTrainer, num_envs: int, steps: int, threads: int)
 
 def naive_reference(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
     """Env-steps/s of single Gymnasium envs stepped one at a time with a policy forward each."""
-    envs = [gym.make(trainer.env_id, **trainer.config.env_kwargs) for _ in range(num_envs)]
+    envs = [gym.make(trainer.family.env_id, **trainer.family.env_kwargs) for _ in range(num_envs)]
     obs = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
     policy = trainer.policy.to("cpu")
     start = time.perf_counter()
@@ -94,7 +94,7 @@ def ray_overhead(trainer: MAMLTrainer, calls: int) -> dict:
     """Median seconds of a Ray sampler call and of the local sampler's call for the same batch
     (the meta-batch's tasks, per-task parameters, same seed), alternated; checks they are equal."""
     c = trainer.config
-    local = VectorSampler.from_config(trainer.env_id, trainer.policy, c)
+    local = VectorSampler(trainer.family, trainer.policy, c.num_threads)
     tasks = trainer.sample_tasks(0)
     params = {
         k: v.detach().clone() for k, v in replicate(trainer.policy.params(), len(tasks)).items()

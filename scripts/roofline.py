@@ -32,6 +32,7 @@ from torch.utils.flop_counter import flop_registry
 
 from maml_rl.adaptation import adapt_steps
 from maml_rl.fisher import AdaptationCurvature
+from maml_rl.inner_loop import adapt_on_fresh_rollouts
 from maml_rl.trainer import MAMLTrainer
 
 GIGA = 1e9
@@ -100,15 +101,17 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
     learner = trainer.learner
     s = learner.settings
     tasks = trainer.sample_tasks(10**6)  # a meta-batch no training iteration uses
-    params = learner.policy.params()
-    inner = []
-    for j in range(c.num_inner_steps):
-        batch = trainer.sampler.sample(tasks, params, c.episodes_per_task, 10**6 + j)
-        inner.append(trainer._to_loss_inputs(batch, 0, f"roofline inner {j}"))
-        params = {k: v.detach() for k, v in learner.adapt(inner).items()}
-    valid = trainer._to_loss_inputs(
-        trainer.sampler.sample(tasks, params, c.episodes_per_task, 2 * 10**6), 0, "roofline"
+    rollouts = adapt_on_fresh_rollouts(
+        trainer.sampler,
+        tasks,
+        learner.policy.params(),
+        c.episodes_per_task,
+        [*(10**6 + j for j in range(c.num_inner_steps)), 2 * 10**6],
+        lambda batch, j: trainer._to_loss_inputs(batch, 0, f"roofline inner {j}"),
+        trainer._adapt,
     )
+    inner = rollouts.inputs
+    post_update = trainer._to_loss_inputs(rollouts.batches[-1], 0, "roofline")
     theta = learner.policy.params()
     lrs = [s.inner_lr] * len(inner)
     state: dict[str, Any] = {}
@@ -120,11 +123,11 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
             )
         adapted = {k: v.detach() for k, v in adapted.items()}
         with torch.no_grad():
-            _loss, _kl, old = learner.surrogate_and_kl(inner, valid, None, False, adapted)
+            _loss, _kl, old = learner.surrogate_and_kl(inner, post_update, None, False, adapted)
         curvature = AdaptationCurvature(
-            learner.policy, theta, adapted, [] if s.first_order else steps, valid
+            learner.policy, theta, adapted, [] if s.first_order else steps, post_update
         )
-        curvature.surrogate_gradient(valid.advantages)
+        curvature.surrogate_gradient(post_update.advantages)
         state.update(curvature=curvature, old=old)
 
     vector = torch.randn(sum(p.numel() for p in theta.values()), device=trainer.device)
@@ -134,7 +137,7 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
 
     def evaluation() -> None:
         with torch.enable_grad():
-            learner.surrogate_and_kl(inner, valid, state["old"], False)
+            learner.surrogate_and_kl(inner, post_update, state["old"], False)
 
     out: dict[str, float] = {}
     gradient()
@@ -146,7 +149,7 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
         out[f"{name}_gflop"] = _flops(fn) / GIGA
         out[f"{name}_s"] = _median_seconds(fn, repeats)
     width = max(c.hidden_sizes)
-    samples = valid.mask.shape[1]  # per task: the T x K steps, flattened
+    samples = post_update.mask.shape[1]  # per task: the T x K steps, flattened
     out["attainable_gflops_per_s"] = attainable_gflops(
         len(tasks), samples, width, repeats, trainer.device
     )

@@ -77,7 +77,7 @@ def test_linear_baseline_retries_with_larger_ridge_when_not_finite():
     phi[..., 0] = torch.tensor([1e200, 1e200, 1e200], dtype=D).reshape(3, 1, 1)
     returns = torch.ones(3, 1, 1, dtype=D)
     w = fit_linear_baseline(phi, returns)  # X^T X overflows: every retry fails, weights stay 0
-    assert torch.isfinite(w).all()
+    assert torch.equal(w, torch.zeros_like(w))
 
 
 def test_normalize_per_task_uses_std_over_valid_steps():

@@ -25,12 +25,13 @@ def test_act_maps_actions_as_the_sampler_does():
     import torch
 
     import maml_rl
-    from maml_rl.sampler import unnormalize_actions
+    from maml_rl.family import TaskFamily, unnormalize_actions
+    from maml_rl.settings import PolicySettings
     from maml_rl.trainer import make_policy
 
     config = maml_rl.TrainConfig(hidden_sizes=[8]).validate()
     env = maml_rl.make_env(config)
-    policy = make_policy(env.unwrapped, config)
+    policy = make_policy(TaskFamily.from_config(config), config.part(PolicySettings))
     task = env.unwrapped.sample_tasks(1, np.random.default_rng(0))[0]
     adapted = maml_rl.adapt(policy, config, task, num_steps=0, episodes=2)
     obs = np.array([[0.3, -0.2], [0.0, 0.1]], dtype=np.float32)

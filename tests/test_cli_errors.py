@@ -91,7 +91,7 @@ def test_a_full_disk_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("maml_rl.trainer.atomic_write_text", full)
+    monkeypatch.setattr("maml_rl.run.atomic_write_text", full)
     assert main(["train", "--quiet", "--set", *TINY, f"log_dir={tmp_path}"]) == 1
     assert "No space left on device" in _error(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -106,12 +106,12 @@ def test_a_failed_checkpoint_on_stop_does_not_hide_the_error(tmp_path, capsys, m
     def full(path, state):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("maml_rl.trainer.save_checkpoint", full)
+    monkeypatch.setattr("maml_rl.run.save_checkpoint", full)
     from maml_rl.config import load_config
-    from maml_rl.trainer import train
+    from maml_rl.run import train
 
     with pytest.raises(UnusableBatchError):
-        train(load_config("navigation", [*TINY, f"log_dir={tmp_path}"]), on_iteration=stop)
+        train(load_config("navigation", [*TINY, f"log_dir={tmp_path}"]), callbacks=[stop])
     err = capsys.readouterr().err
     assert "could not be saved: [Errno 28] No space left on device" in err
 
@@ -122,7 +122,7 @@ def test_run_failures_are_one_line_and_exit_1(capsys, monkeypatch):
     def fail(*args, **kwargs):
         raise RaySamplerError("Ray sampler: worker 0 failed 4 times\n  traceback line\n")
 
-    monkeypatch.setattr("maml_rl.trainer.train", fail)
+    monkeypatch.setattr("maml_rl.run.train", fail)
     assert main(["train", "--set", "progress_bar=false"]) == 1
     assert _error(capsys) == "maml-rl: error: Ray sampler: worker 0 failed 4 times traceback line"
 

@@ -90,3 +90,21 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "halfcheetah-vel").mkdir()  # e.g. a run folder named after its preset
     assert load_config("halfcheetah-vel").env_id == "MAML/HalfCheetahVel-v0"
+
+
+def test_settings_choice_lists_match_the_code_that_implements_them():
+    from maml_rl import adaptation, policy, settings
+
+    assert settings.INNER_OBJECTIVES == adaptation.INNER_OBJECTIVES
+    assert sorted(settings.NONLINEARITIES) == sorted(policy.NONLINEARITIES)
+
+
+def test_every_config_key_belongs_to_exactly_one_settings_group():
+    import dataclasses
+
+    from maml_rl.config import FIELDS, key_docs
+    from maml_rl.settings import GROUPS
+
+    keys = [f.name for g in GROUPS for f in dataclasses.fields(g)]
+    assert sorted(keys) == sorted(FIELDS) and len(keys) == len(set(keys))
+    assert all(doc for _, _, doc in key_docs())

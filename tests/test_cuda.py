@@ -7,7 +7,7 @@ import torch
 
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
 from maml_rl.policy import GaussianMLPPolicy
-from tests.test_meta_gradient import _data
+from tests.conftest import random_loss_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_meta_step_on_cuda_equals_cpu(hvp):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(3, 2, (8, 8), "relu").double()
-    inner = [_data(4, 30, 3, 2, seed=1)]
-    valid = _data(4, 30, 3, 2, seed=2)
+    inner = [random_loss_inputs(4, 30, 3, 2, seed=1)]
+    valid = random_loss_inputs(4, 30, 3, 2, seed=2)
     cpu, gpu = policy, copy.deepcopy(policy).cuda()
     settings = MetaLearnerSettings(inner_lr=0.3, hvp=hvp)
     res_cpu = MetaLearner(cpu, settings).step(inner, valid)
@@ -31,7 +31,8 @@ def test_meta_step_on_cuda_equals_cpu(hvp):
 def test_training_runs_on_cuda(tmp_path):
     from maml_rl.checkpoint import load_checkpoint
     from maml_rl.config import TrainConfig
-    from maml_rl.trainer import train
+    from maml_rl.evaluation import random_policy
+    from maml_rl.run import train
 
     def config(device):
         return TrainConfig(
@@ -48,10 +49,12 @@ def test_training_runs_on_cuda(tmp_path):
     gpu_dir = train(config("cuda"), tmp_path / "gpu", stdout=False)
     cpu_dir = train(config("cpu"), tmp_path / "cpu", stdout=False)
     gpu, cpu = load_checkpoint(gpu_dir), load_checkpoint(cpu_dir)
+    initial = random_policy(config("cpu")).state_dict()
     assert gpu["iteration"] == 2
     for k in cpu["policy"]:
         assert gpu["policy"][k].device.type == "cpu"  # checkpoints are device-independent
-        assert torch.isfinite(gpu["policy"][k]).all()
+    # the GPU run trained: its weights left the initialisation both runs start from
+    assert any(not torch.equal(gpu["policy"][k], initial[k]) for k in initial)
     rows = [list(csv.DictReader(open(d / "progress.csv"))) for d in (gpu_dir, cpu_dir)]
     # the first batch is sampled on the CPU from the same initial policy: identical returns
     key = "rollout/pre_return_mean"

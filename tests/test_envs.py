@@ -14,6 +14,7 @@ from gymnasium.vector import AutoresetMode
 import maml_envs
 from maml_envs import Direction, GoalPosition, GoalVelocity
 from maml_envs.ant import contact_cost
+from tests.conftest import make_vec, some_tasks
 
 ALL_IDS = [
     "MAML/Navigation2D-v0",
@@ -25,20 +26,6 @@ ALL_IDS = [
 ]
 MUJOCO_IDS = ALL_IDS[1:]
 HORIZON = {"MAML/Navigation2D-v0": 100, **dict.fromkeys(MUJOCO_IDS, 200)}
-
-
-def make_vec(env_id: str, num_envs: int, **kwargs):
-    return gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="vector_entry_point",
-        num_threads=2,
-        **kwargs,
-    )
-
-
-def some_tasks(env_id: str, n: int, seed: int = 0) -> list:
-    return gym.make(env_id).unwrapped.sample_tasks(n, np.random.default_rng(seed))
 
 
 # --- registration and checker -------------------------------------------------------------
@@ -495,9 +482,9 @@ def test_a_users_own_envs_package_does_not_hide_ours(tmp_path):
     (tmp_path / "envs" / "__init__.py").write_text("MINE = True\n")
     code = (
         "import envs, gymnasium as gym; assert envs.MINE\n"
-        "from maml_rl.trainer import prepare_env\n"
+        "from maml_rl.family import TaskFamily\n"
         "from maml_rl.config import TrainConfig\n"
-        "env_id = prepare_env(TrainConfig())\n"
+        "env_id = TaskFamily.from_config(TrainConfig()).env_id\n"
         "print(gym.make(env_id).observation_space.shape)\n"
     )
     out = subprocess.run(

@@ -67,7 +67,7 @@ def test_example_runs_and_follows_protocol(example):
 def test_example_family_trains_without_editing_the_package(example, tmp_path):
     from maml_rl.checkpoint import load_checkpoint
     from maml_rl.config import TrainConfig
-    from maml_rl.trainer import train
+    from maml_rl.run import train
 
     config = TrainConfig(
         env_id="MyFamilies/Line-v0",
@@ -94,7 +94,7 @@ def test_example_batched_env_seeds_sub_envs_as_single_envs(example):
 
 
 def test_a_family_without_batched_env_warns_that_it_is_slow(example):
-    from maml_rl.sampler import PerformanceWarning, make_batched_env
+    from maml_rl.family import PerformanceWarning, make_batched_env
 
     gym.register(id="MyFamilies/LineSync-v0", entry_point=example["LineEnv"], max_episode_steps=50)
     try:
@@ -107,7 +107,7 @@ def test_a_family_without_batched_env_warns_that_it_is_slow(example):
 
 def test_a_users_module_is_found_in_the_current_folder(tmp_path, monkeypatch):
     """The ``maml-rl`` console script does not put the current folder on sys.path."""
-    from maml_rl.sampler import resolve_env_id
+    from maml_rl.family import resolve_env_id
 
     package = tmp_path / "userfam_pkg"
     package.mkdir()

@@ -17,6 +17,7 @@ from gymnasium.utils.env_checker import check_env
 import maml_envs  # noqa: F401  (registers the ids)
 from maml_envs import Direction, GoalPosition, GoalVelocity
 from maml_envs.mujoco_vector import gymnasium_asset
+from tests.conftest import make_vec, some_tasks
 
 CHEETAH_IDS = ["MAML/HalfCheetahVel-rllab-v0", "MAML/HalfCheetahDir-rllab-v0"]
 ANT_IDS = ["MAML/AntVel-rllab-v0", "MAML/AntDir-rllab-v0", "MAML/AntGoal-rllab-v0"]
@@ -101,16 +102,6 @@ class Reference:
         state = np.concatenate([d.qpos, d.qvel])
         done = not (np.isfinite(state).all() and 0.2 <= d.qpos[2] <= 1.0)
         return self.obs(), reward, done, v
-
-
-def make_vec(env_id: str, num_envs: int, **kwargs):
-    return gym.make_vec(
-        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", num_threads=2, **kwargs
-    )
-
-
-def some_tasks(env_id: str, n: int, seed: int = 0) -> list:
-    return gym.make(env_id).unwrapped.sample_tasks(n, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("env_id", RLLAB_IDS)

@@ -13,10 +13,10 @@ import yaml
 import maml_envs  # noqa: F401  (registers the families)
 from maml_rl.adaptation import inner_loss
 from maml_rl.advantages import compute_advantages
-from maml_rl.baselines import TaskObservationWrapper, load_oracle, make_oracle_env, run_kind
 from maml_rl.batch import loss_inputs
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.cli import main
+from maml_rl.comparisons import TaskObservationWrapper, load_oracle, make_oracle_env, run_kind
 from maml_rl.config import TrainConfig
 from maml_rl.evaluation import (
     EvalSettings,
@@ -32,8 +32,10 @@ from maml_rl.evaluation import (
     sample_test_tasks,
     step_sizes,
 )
+from maml_rl.family import TaskFamily
+from maml_rl.run import train
 from maml_rl.sampler import VectorSampler
-from maml_rl.trainer import derive_seed, train
+from maml_rl.seeding import derive_seed
 
 TINY = ["meta_batch_size=4", "episodes_per_task=4", "hidden_sizes=[16,16]", "num_iterations=1"]
 
@@ -99,9 +101,7 @@ def test_adapted_params_follow_alpha_then_half_alpha(run_dir):
     tasks = sample_test_tasks(config, 3, 2)
     _, schedule, _, history = adapt_and_evaluate(method.policy, config, tasks, settings, True)
     assert schedule == [0.3, 0.15]
-    sampler = VectorSampler(
-        config.env_id, method.policy, normalize_actions=config.normalize_actions
-    )
+    sampler = VectorSampler(TaskFamily.from_config(config), method.policy)
     k = episodes_per_task(200, 100)
     for j, lr in enumerate([0.3, 0.15]):
         batch = sampler.sample(tasks, history[j], k, derive_seed(2, 2**31 - 1, 1 + j))
@@ -240,7 +240,9 @@ def test_videos_render_through_the_tracking_camera(preset):
     from maml_rl.config import load_config
     from maml_rl.video import make_render_env
 
-    env = make_render_env(load_config(preset), 32, 24)  # no GL context until the first render
+    env = make_render_env(
+        TaskFamily.from_config(load_config(preset)), 32, 24
+    )  # no GL context until the first render
     renderer = env.unwrapped.mujoco_renderer
     assert renderer.camera_id >= 0
     assert renderer.model.camera(renderer.camera_id).name == "track"
@@ -257,13 +259,15 @@ def test_video_skips_with_a_message_without_renderer(tmp_path, monkeypatch):
     monkeypatch.setattr(video, "make_render_env", no_gl)
     config = _config(env_id="MAML/HalfCheetahVel-v0")
     report, result = _fake_report("MAML/HalfCheetahVel-v0", config)
-    written, message = video.write_videos(report, result, config, tmp_path / "v")
+    family = TaskFamily.from_config(config)
+    written, message = video.write_videos(report, result, family, tmp_path / "v")
     assert written == [] and "no MuJoCo offscreen renderer" in message
     assert "libosmesa6" in message and "no OpenGL context" in message
     assert not (tmp_path / "v").exists()
     nav = _config()
     report, result = _fake_report("MAML/Navigation2D-v0", nav)
-    assert "skipped" in video.write_videos(report, result, nav, tmp_path / "v")[1]
+    nav_family = TaskFamily.from_config(nav)
+    assert "skipped" in video.write_videos(report, result, nav_family, tmp_path / "v")[1]
 
 
 def test_video_flag_on_navigation_prints_a_skip(run_dir, tmp_path, capsys):

@@ -7,7 +7,7 @@ from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, task_group_s
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
 from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy
 from maml_rl.trpo import flatten, hessian_vector_product, unflatten_like
-from tests.test_meta_gradient import _data
+from tests.conftest import random_loss_inputs, surrogate_and_kl_by_hand
 
 D = torch.float64
 
@@ -27,8 +27,8 @@ CASES = [
 def _curvature_problem(nonlinearity, objective, first_order, inner_steps, group_size=None):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(3, 2, (6, 5), nonlinearity, init_std=0.7).double()
-    inner = [_data(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
-    valid = _data(4, 6, 3, 2, seed=100)
+    inner = [random_loss_inputs(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
+    valid = random_loss_inputs(4, 6, 3, 2, seed=100)
     settings = MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order)
     learner = MetaLearner(policy, settings)
     theta = policy.params()
@@ -80,7 +80,7 @@ def test_inner_loss_hessian_product_equals_explicit_hessian(nonlinearity, object
     ``hessian`` of the loss as a function of the flat parameters)."""
     torch.manual_seed(1)
     policy = GaussianMLPPolicy(3, 2, (4, 3), nonlinearity, init_std=0.8).double()
-    data = _data(2, 9, 3, 2, seed=5)
+    data = random_loss_inputs(2, 9, 3, 2, seed=5)
     names = list(policy.params())
     like = [policy.params()[k] for k in names]
     theta = flatten([p.detach() for p in like])
@@ -110,10 +110,19 @@ def exact_size(policy):
 def test_subsampled_fisher_meta_step_stays_in_the_trust_region():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(3, 2, (6,), "tanh").double()
-    inner, valid = [_data(4, 40, 3, 2, seed=1)], _data(4, 40, 3, 2, seed=2)
+    inner, valid = (
+        [random_loss_inputs(4, 40, 3, 2, seed=1)],
+        random_loss_inputs(4, 40, 3, 2, seed=2),
+    )
     learner = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3, cg_subsample=0.25))
+    old = tuple(x.detach() for x in policy(valid.observations, learner.adapt(inner)))
     res = learner.step(inner, valid, generator=torch.Generator().manual_seed(0))
-    assert res.accepted and res.kl <= 0.01 and res.loss_after < res.loss_before
+    # the subsampled curvature only shapes the step: the reported KL, recomputed on all
+    # samples, is the full-batch one, and the step is taken
+    assert res.accepted
+    loss_after, kl_after = surrogate_and_kl_by_hand(policy, learner.adapt(inner), old, valid)
+    assert res.kl == pytest.approx(kl_after, rel=1e-9) and 0 < kl_after <= 0.01
+    assert res.loss_after == pytest.approx(loss_after, rel=1e-9)
 
 
 def test_float32_meta_step_matches_the_float64_reference():
@@ -125,7 +134,10 @@ def test_float32_meta_step_matches_the_float64_reference():
     policy64 = GaussianMLPPolicy(3, 2, (16, 16), "relu").double()
     policy32 = GaussianMLPPolicy(3, 2, (16, 16), "relu")
     policy32.load_state_dict({k: v.float() for k, v in policy64.state_dict().items()})
-    inner64, valid64 = [_data(4, 50, 3, 2, seed=1)], _data(4, 50, 3, 2, seed=2)
+    inner64, valid64 = (
+        [random_loss_inputs(4, 50, 3, 2, seed=1)],
+        random_loss_inputs(4, 50, 3, 2, seed=2),
+    )
     inner32 = [type(d)(*(x.float() for x in d)) for d in inner64]
     valid32 = type(valid64)(*(x.float() for x in valid64))
     v = torch.randn(exact_size(policy64), dtype=D, generator=torch.Generator().manual_seed(3))
@@ -152,7 +164,7 @@ def test_float32_meta_step_matches_the_float64_reference():
 
 def _categorical_data(num_tasks, n, obs_dim, num_actions, seed):
     g = torch.Generator().manual_seed(seed)
-    data = _data(num_tasks, n, obs_dim, 1, seed)
+    data = random_loss_inputs(num_tasks, n, obs_dim, 1, seed)
     actions = torch.randint(num_actions, (num_tasks, n), generator=g)
     return LossInputs(data.observations, actions, data.advantages, data.mask)
 

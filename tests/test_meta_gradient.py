@@ -7,27 +7,16 @@ from maml_rl.adaptation import adapt, inner_loss
 from maml_rl.batch import LossInputs
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
 from maml_rl.policy import GaussianMLPPolicy, gaussian_log_prob, replicate
+from tests.conftest import random_loss_inputs, surrogate_and_kl_by_hand
 
 D = torch.float64
-
-
-def _data(num_tasks, n, obs_dim, act_dim, seed):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(num_tasks, n, dtype=D)
-    mask[0, -2:] = 0.0
-    return LossInputs(
-        torch.randn(num_tasks, n, obs_dim, generator=g, dtype=D),
-        torch.randn(num_tasks, n, act_dim, generator=g, dtype=D),
-        torch.randn(num_tasks, n, generator=g, dtype=D),
-        mask,
-    )
 
 
 def _problem(objective="reinforce", first_order=False, inner_steps=1):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(3, 2, (5,), "tanh", init_std=0.8).double()
-    inner = [_data(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
-    valid = _data(4, 6, 3, 2, seed=100)
+    inner = [random_loss_inputs(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
+    valid = random_loss_inputs(4, 6, 3, 2, seed=100)
     learner = MetaLearner(
         policy,
         MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order),
@@ -105,7 +94,7 @@ def test_batched_adaptation_equals_loop_over_tasks():
 
 def test_lvc_has_reinforce_gradient_but_adds_score_outer_product_to_hessian():
     policy = GaussianMLPPolicy(2, 1, (3,), "tanh").double()
-    data = _data(1, 5, 2, 1, seed=3)
+    data = random_loss_inputs(1, 5, 2, 1, seed=3)
     params = list(policy.parameters())
 
     def loss_of(objective):
@@ -139,10 +128,20 @@ def test_lvc_has_reinforce_gradient_but_adds_score_outer_product_to_hessian():
     torch.testing.assert_close(hessian("lvc"), hessian("reinforce") - correction)
 
 
-def test_meta_step_improves_surrogate_within_trust_region():
+def test_meta_step_reports_the_surrogate_and_kl_of_the_step_it_took():
+    """The numbers TRPO reports are those of the parameters it leaves, recomputed by hand from
+    the policy's densities (an accepted step implies improvement within the trust region; this
+    checks that the step taken is the one those numbers describe)."""
     policy, learner, inner, valid = _problem()
     before = [p.detach().clone() for p in policy.parameters()]
+    old_adapted = {k: v.detach() for k, v in learner.adapt(inner).items()}
+    old = tuple(x.detach() for x in policy(valid.observations, old_adapted))
+    loss_before, kl_before = surrogate_and_kl_by_hand(policy, old_adapted, old, valid)
     res = learner.step(inner, valid)
-    assert res.accepted
-    assert res.loss_after < res.loss_before and res.kl <= 0.01
+    assert res.accepted and 0 < res.step_fraction <= 1
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    loss_after, kl_after = surrogate_and_kl_by_hand(policy, learner.adapt(inner), old, valid)
+    assert kl_before == 0.0
+    assert res.loss_before == pytest.approx(loss_before, rel=1e-9)
+    assert res.loss_after == pytest.approx(loss_after, rel=1e-9)
+    assert res.kl == pytest.approx(kl_after, rel=1e-9)

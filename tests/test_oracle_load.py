@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from maml_rl.baselines import load_oracle
+from maml_rl.comparisons import load_oracle
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAV_ORACLE = ROOT / "results" / "navigation-oracle"
@@ -93,7 +93,7 @@ def test_pickled_policy_kwargs_are_refused_with_one_line(tmp_path):
 def test_an_interrupted_oracle_training_leaves_no_folder_and_locks_it(tmp_path, monkeypatch):
     from stable_baselines3 import PPO
 
-    from maml_rl.baselines import train_oracle
+    from maml_rl.comparisons import train_oracle
     from maml_rl.config import TrainConfig
 
     def interrupted(self, *args, **kwargs):

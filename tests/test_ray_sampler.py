@@ -1,7 +1,6 @@
 """The Ray sampler returns the local sampler's batches, on one or two (simulated) nodes, through
 worker deaths; it fails clearly when it cannot go on. One two-node Ray cluster serves the module."""
 
-import csv
 import os
 import subprocess
 import sys
@@ -17,13 +16,16 @@ ray = pytest.importorskip("ray")
 
 import maml_envs  # noqa: E402, F401  (registers the families)
 from maml_rl.config import TrainConfig  # noqa: E402
+from maml_rl.family import TaskFamily  # noqa: E402
 from maml_rl.policy import GaussianMLPPolicy, replicate  # noqa: E402
 from maml_rl.ray_sampler import RaySampler, import_ray, shard_indices  # noqa: E402
+from maml_rl.run import resume, train  # noqa: E402
 from maml_rl.sampler import VectorSampler  # noqa: E402
-from maml_rl.trainer import train  # noqa: E402
+from tests.conftest import logged_numbers, progress_rows, tiny_config  # noqa: E402
 
 NAV = "MAML/Navigation2D-v0"
 CHEETAH = "MAML/HalfCheetahVel-v0"
+CHEETAH_10 = TaskFamily.make(CHEETAH, max_episode_steps=10)
 
 
 def assert_same_batch(a, b):
@@ -62,7 +64,7 @@ def test_without_ray_installed_the_error_says_how_to_install(monkeypatch):
     with pytest.raises(ImportError, match=r'pip install -e "\.\[ray\]"'):
         import_ray()
     with pytest.raises(ImportError, match=r"\.\[ray\]"):
-        RaySampler(NAV, GaussianMLPPolicy(2, 2, (8,)))
+        RaySampler(TaskFamily.make(NAV), GaussianMLPPolicy(2, 2, (8,)))
 
 
 def test_unreachable_cluster_is_a_clear_error():
@@ -70,9 +72,9 @@ def test_unreachable_cluster_is_a_clear_error():
         pytest.skip("Ray is already initialised in this process")
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"cannot reach the cluster at ray_address='127\.0\."):
-        RaySampler(NAV, GaussianMLPPolicy(2, 2, (8,)), address="127.0.0.1:9")
+        RaySampler(TaskFamily.make(NAV), GaussianMLPPolicy(2, 2, (8,)), address="127.0.0.1:9")
     with pytest.raises(RuntimeError, match="not of the form host:port"):
-        RaySampler(NAV, GaussianMLPPolicy(2, 2, (8,)), address="nowhere")
+        RaySampler(TaskFamily.make(NAV), GaussianMLPPolicy(2, 2, (8,)), address="nowhere")
     assert time.monotonic() - start < 30
     assert not ray.is_initialized()
 
@@ -126,7 +128,10 @@ def test_an_address_where_something_else_listens_fails_within_the_deadline(monke
         start = time.monotonic()
         with pytest.raises(RuntimeError, match="accepts connections but is not a Ray cluster"):
             RaySampler(
-                NAV, GaussianMLPPolicy(2, 2, (8,)), address=f"127.0.0.1:{server.port}", timeout_s=2
+                TaskFamily.make(NAV),
+                GaussianMLPPolicy(2, 2, (8,)),
+                address=f"127.0.0.1:{server.port}",
+                timeout_s=2,
             )
         assert time.monotonic() - start < 10
     finally:
@@ -169,7 +174,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def cheetah_sampler(cluster):
     policy, _, _ = cheetah_setup()
-    sampler = RaySampler(CHEETAH, policy, max_episode_steps=10, num_workers=2)
+    sampler = RaySampler(CHEETAH_10, policy, num_workers=2)
     yield sampler
     sampler.close()
 
@@ -182,7 +187,7 @@ def test_the_address_check_accepts_a_real_cluster(cluster):
 
 def test_two_workers_spread_over_two_nodes_equal_the_local_sampler(cluster, cheetah_sampler):
     policy, tasks, params = cheetah_setup()
-    local = VectorSampler(CHEETAH, policy, max_episode_steps=10)
+    local = VectorSampler(CHEETAH_10, policy)
     assert len({loc.node_id for loc in cheetah_sampler.locations}) == 2
     for seed in (0, 1):
         assert_same_batch(
@@ -196,10 +201,10 @@ def test_two_workers_spread_over_two_nodes_equal_the_local_sampler(cluster, chee
 @pytest.mark.parametrize("num_workers", [1, 2, 3])
 def test_navigation_with_early_ends_equals_the_local_sampler(cluster, num_workers):
     policy, tasks, params = nav_setup(num_tasks=4)
-    local = VectorSampler(NAV, policy).sample(tasks, params, 3, seed=5)
+    local = VectorSampler(TaskFamily.make(NAV), policy).sample(tasks, params, 3, seed=5)
     lengths = local.episode_lengths
     assert lengths.max() < 100 and lengths.min() < lengths.max()  # shards end at different steps
-    sampler = RaySampler(NAV, policy, num_workers=num_workers)
+    sampler = RaySampler(TaskFamily.make(NAV), policy, num_workers=num_workers)
     try:
         assert_same_batch(sampler.sample(tasks, params, 3, seed=5), local)
     finally:
@@ -208,8 +213,8 @@ def test_navigation_with_early_ends_equals_the_local_sampler(cluster, num_worker
 
 def test_cheetah_one_worker_equals_the_local_sampler(cluster):
     policy, tasks, params = cheetah_setup(num_tasks=3)
-    local = VectorSampler(CHEETAH, policy, max_episode_steps=10).sample(tasks, params, 2, seed=3)
-    sampler = RaySampler(CHEETAH, policy, max_episode_steps=10, num_workers=1)
+    local = VectorSampler(CHEETAH_10, policy).sample(tasks, params, 2, seed=3)
+    sampler = RaySampler(CHEETAH_10, policy, num_workers=1)
     try:
         assert_same_batch(sampler.sample(tasks, params, 2, seed=3), local)
     finally:
@@ -218,7 +223,7 @@ def test_cheetah_one_worker_equals_the_local_sampler(cluster):
 
 def test_a_worker_killed_by_ray_during_sampling_is_replaced(cluster, cheetah_sampler):
     policy, tasks, params = cheetah_setup()
-    local = VectorSampler(CHEETAH, policy, max_episode_steps=10).sample(tasks, params, 3, 11)
+    local = VectorSampler(CHEETAH_10, policy).sample(tasks, params, 3, 11)
     victim = cheetah_sampler.workers[0]
     killer = threading.Timer(0.02, lambda: ray.kill(victim, no_restart=False))
     killer.start()
@@ -248,9 +253,13 @@ def _fault_hook(flags: str):
 
 def test_worker_deaths_mid_sample_then_past_the_retry_limit(cluster, tmp_path):
     policy, tasks, params = nav_setup(num_tasks=4)
-    local = VectorSampler(NAV, policy).sample(tasks, params, 3, seed=2)
+    local = VectorSampler(TaskFamily.make(NAV), policy).sample(tasks, params, 3, seed=2)
     sampler = RaySampler(
-        NAV, policy, num_workers=2, max_retries=1, worker_hook=_fault_hook(str(tmp_path))
+        TaskFamily.make(NAV),
+        policy,
+        num_workers=2,
+        max_retries=1,
+        worker_hook=_fault_hook(str(tmp_path)),
     )
     try:
         (tmp_path / "crash_once").touch()
@@ -272,29 +281,12 @@ def test_worker_deaths_mid_sample_then_past_the_retry_limit(cluster, tmp_path):
 
 
 def _config(**overrides) -> TrainConfig:
-    base = dict(
-        env_id=NAV,
-        meta_batch_size=4,
-        episodes_per_task=3,
-        hidden_sizes=[16],
-        num_iterations=2,
-        checkpoint_every=100,
-        progress_bar=False,
-        seed=3,
-        config_name="test",
-    )
-    base.update(overrides)
-    return TrainConfig(**base).validate()
+    sizes = dict(meta_batch_size=4, episodes_per_task=3, hidden_sizes=[16], num_iterations=2)
+    return tiny_config(**{**sizes, **overrides})
 
 
 def _numbers(run_dir):
-    with open(run_dir / "progress.csv") as f:
-        rows = list(csv.DictReader(f))
-    skip = ("time/", "train/rejected")
-    return [
-        {k: v for k, v in r.items() if not k.startswith(skip) or k == "time/env_steps"}
-        for r in rows
-    ]
+    return logged_numbers(progress_rows(run_dir))
 
 
 def test_training_with_the_ray_sampler_matches_the_local_run(cluster, tmp_path):
@@ -304,7 +296,7 @@ def test_training_with_the_ray_sampler_matches_the_local_run(cluster, tmp_path):
     assert _numbers(distributed) == _numbers(local)[:2]
     # a run sampled on a cluster may go on locally (and back): the batches are the same
     overrides = {"sampler": "vector", "num_iterations": 3}
-    train(None, distributed, resume=True, stdout=False, resume_overrides=overrides)
+    resume(distributed, overrides, stdout=False)
     assert _numbers(distributed) == _numbers(local)
 
 
@@ -314,13 +306,14 @@ def test_local_address_starts_and_stops_its_own_ray(tmp_path):
     script = (
         "import torch, envs\n"
         "from tests.test_ray_sampler import nav_setup, assert_same_batch, NAV\n"
+        "from maml_rl.family import TaskFamily\n"
         "from maml_rl.sampler import VectorSampler\n"
         "from maml_rl.ray_sampler import RaySampler\n"
         "import ray\n"
         "policy, tasks, params = nav_setup()\n"
-        "s = RaySampler(NAV, policy, num_workers=2, address='local')\n"
+        "s = RaySampler(TaskFamily.make(NAV), policy, num_workers=2, address='local')\n"
         "assert_same_batch(s.sample(tasks, params, 3, 1),"
-        " VectorSampler(NAV, policy).sample(tasks, params, 3, 1))\n"
+        " VectorSampler(TaskFamily.make(NAV), policy).sample(tasks, params, 3, 1))\n"
         "s.close()\n"
         "assert not ray.is_initialized()\n"
         "print('ok')\n"

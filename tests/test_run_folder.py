@@ -17,27 +17,25 @@ from maml_rl.checkpoint import load_checkpoint
 from maml_rl.config import TrainConfig
 from maml_rl.errors import RunFolderBusy, UnusableBatchError
 from maml_rl.files import lock_run_folder
-from maml_rl.monitor import CrashSafeCSVOutputFormat, read_progress, truncate_progress
+from maml_rl.logger import CrashSafeCSVOutputFormat, read_progress, truncate_progress
 from maml_rl.plots import plot_training_curves
+from maml_rl.run import resume, train
 from maml_rl.sampler import VectorSampler
-from maml_rl.trainer import train
+from tests.conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IT = "time/iteration"
 
 
 def _config(**overrides) -> TrainConfig:
-    base = dict(
+    sizes = dict(
         meta_batch_size=2,
         episodes_per_task=2,
         hidden_sizes=[8],
         num_iterations=3,
         checkpoint_every=1,
-        progress_bar=False,
-        seed=3,
     )
-    base.update(overrides)
-    return TrainConfig(**base).validate()
+    return tiny_config(**{**sizes, **overrides})
 
 
 def _lines(path: pathlib.Path) -> list[list[str]]:
@@ -133,7 +131,7 @@ def test_resume_with_a_column_the_earlier_iterations_lacked(tmp_path):
         keep = [k for k in header if k != dropped]
         writer.writerow(keep)
         writer.writerows([[r[k] for k in keep] for r in rows])
-    train(None, run, resume=True, stdout=False, resume_overrides={"num_iterations": 4})
+    resume(run, {"num_iterations": 4}, stdout=False)
     lines = _lines(run / "progress.csv")
     assert sum(line == lines[0] for line in lines) == 1 and dropped in lines[0]
     _, rows = read_progress(run / "progress.csv")
@@ -181,7 +179,7 @@ def test_resume_removes_temporaries_of_killed_writes(tmp_path):
         path.write_bytes(b"partial")
     mine = run / "notes.tmp"
     mine.write_text("a user's file")
-    train(None, run, resume=True, stdout=False, resume_overrides={"num_iterations": 2})
+    resume(run, {"num_iterations": 2}, stdout=False)
     assert not any(p.exists() for p in stale) and mine.exists()
     assert load_checkpoint(run)["iteration"] == 2
 

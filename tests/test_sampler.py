@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import maml_envs  # noqa: F401  (registers the families)
+from maml_rl.family import TaskFamily
 from maml_rl.policy import GaussianMLPPolicy, replicate
 from maml_rl.sampler import VectorSampler
 
@@ -13,7 +14,7 @@ NAV = "MAML/Navigation2D-v0"
 def _setup(num_tasks=3, seed=0):
     torch.manual_seed(seed)
     policy = GaussianMLPPolicy(2, 2, (16,), init_std=0.05)
-    sampler = VectorSampler(NAV, policy)
+    sampler = VectorSampler(TaskFamily.make(NAV), policy)
     tasks = gym.make(NAV).unwrapped.sample_tasks(num_tasks, np.random.default_rng(seed))
     return policy, sampler, tasks
 
@@ -76,7 +77,7 @@ def test_per_task_parameters_drive_each_task():
 
 def test_unknown_env_id_is_named():
     with pytest.raises(ValueError, match="unknown env id 'MAML/Nope-v0'"):
-        VectorSampler("MAML/Nope-v0", GaussianMLPPolicy(2, 2))
+        TaskFamily.make("MAML/Nope-v0")
 
 
 CHEETAH = "MAML/HalfCheetahVel-v0"
@@ -95,12 +96,12 @@ def test_list_seed_gives_each_sub_env_the_single_env_initial_state():
 def test_batch_split_over_task_shards_equals_the_whole_batch():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(17, 6, (16,))
-    sampler = VectorSampler(CHEETAH, policy, num_threads=1, max_episode_steps=8)
+    sampler = VectorSampler(TaskFamily.make(CHEETAH, max_episode_steps=8), policy, num_threads=1)
     tasks = gym.make(CHEETAH).unwrapped.sample_tasks(4, np.random.default_rng(0))
     params = {
         k: v.detach() + 0.01 * torch.randn_like(v) for k, v in replicate(policy.params(), 4).items()
     }
-    from maml_rl.sampler import task_seeds
+    from maml_rl.seeding import task_seeds
 
     seeds = task_seeds(123, 4)
     whole = sampler.sample(tasks, params, 3, seed=123)
@@ -114,7 +115,7 @@ def test_normalized_actions_map_onto_the_action_bounds():
     """rllab's normalize: u in [-1, 1] -> low + (clip(u) + 1) (high - low) / 2; for navigation
     the velocity is 0.1 * clip(u, -1, 1)."""
     policy, _, tasks = _setup(num_tasks=2)
-    sampler = VectorSampler(NAV, policy, normalize_actions=True)
+    sampler = VectorSampler(TaskFamily.make(NAV, normalize_actions=True), policy)
     batch = sampler.sample(tasks, policy.params(), episodes_per_task=2, seed=5)
     for m, task in enumerate(tasks):
         env = gym.make(NAV, task=task)
@@ -132,7 +133,8 @@ def test_normalized_actions_need_a_bounded_action_space():
         "MAMLTest/UnboundedPendulum-v0", entry_point=_unbounded_pendulum, max_episode_steps=5
     )
     try:
-        sampler = VectorSampler("MAMLTest/UnboundedPendulum-v0", policy, normalize_actions=True)
+        family = TaskFamily.make("MAMLTest/UnboundedPendulum-v0", normalize_actions=True)
+        sampler = VectorSampler(family, policy)
         with pytest.raises(ValueError, match="bounded action space"):
             sampler.sample([None], policy.params(), 2, seed=0)
     finally:
@@ -147,7 +149,7 @@ def _unbounded_pendulum():
 
 
 def test_unnormalize_is_exact_clipping_for_unit_bounds():
-    from maml_rl.sampler import unnormalize_actions
+    from maml_rl.family import unnormalize_actions
 
     u = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
     ones = np.ones(6, dtype=np.float32)

@@ -1,51 +1,27 @@
-import csv
-
 import numpy as np
 import pytest
 import torch
 
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.config import TrainConfig
-from maml_rl.trainer import MAMLTrainer, train
+from maml_rl.run import resume, train
+from maml_rl.trainer import MAMLTrainer
+from tests.conftest import logged_numbers, progress_rows, tiny_config
 
 
 def _config(**overrides) -> TrainConfig:
-    base = dict(
-        env_id="MAML/Navigation2D-v0",
-        meta_batch_size=6,
-        episodes_per_task=6,
-        hidden_sizes=[32, 32],
-        num_iterations=3,
-        checkpoint_every=100,
-        progress_bar=False,
-        seed=3,
-        config_name="test",
-    )
-    base.update(overrides)
-    return TrainConfig(**base).validate()
-
-
-def _rows(run_dir):
-    with open(run_dir / "progress.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def _numbers(rows):
-    skip = ("time/", "train/rejected")
-    return [
-        {k: v for k, v in r.items() if not k.startswith(skip) or k == "time/env_steps"}
-        for r in rows
-    ]
+    sizes = dict(meta_batch_size=6, episodes_per_task=6, hidden_sizes=[32, 32], num_iterations=3)
+    return tiny_config(**{**sizes, **overrides})
 
 
 def test_same_seed_gives_identical_runs(tmp_path):
     a = train(_config(), tmp_path / "a", stdout=False)
     b = train(_config(), tmp_path / "b", stdout=False)
-    assert _numbers(_rows(a)) == _numbers(_rows(b))
+    assert logged_numbers(progress_rows(a)) == logged_numbers(progress_rows(b))
     pa, pb = load_checkpoint(a)["policy"], load_checkpoint(b)["policy"]
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     c = train(_config(seed=4), tmp_path / "c", stdout=False)
-    assert _numbers(_rows(a)) != _numbers(_rows(c))
+    assert logged_numbers(progress_rows(a)) != logged_numbers(progress_rows(c))
 
 
 def test_interrupt_saves_checkpoint_and_resume_equals_uninterrupted(tmp_path):
@@ -57,13 +33,13 @@ def test_interrupt_saves_checkpoint_and_resume_equals_uninterrupted(tmp_path):
 
     run = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        train(_config(num_iterations=4), run, stdout=False, on_iteration=interrupt_after_two)
+        train(_config(num_iterations=4), run, stdout=False, callbacks=[interrupt_after_two])
     assert load_checkpoint(run)["iteration"] == 2
-    train(None, run, resume=True, stdout=False)
+    resume(run, stdout=False)
     final, resumed = load_checkpoint(full), load_checkpoint(run)
     assert resumed["iteration"] == 4
     assert all(torch.equal(final["policy"][k], resumed["policy"][k]) for k in final["policy"])
-    assert _numbers(_rows(full)) == _numbers(_rows(run))
+    assert logged_numbers(progress_rows(full)) == logged_numbers(progress_rows(run))
 
 
 def test_tensorboard_events_hold_the_tags(tmp_path):
@@ -100,7 +76,7 @@ def test_short_navigation_training_improves_post_adaptation_return(tmp_path):
         config,
         tmp_path / "learn",
         stdout=False,
-        on_iteration=lambda t, r: posts.append(float(r.post_returns.mean())),
+        callbacks=[lambda t, r: posts.append(float(r.post_returns.mean()))],
     )
     assert np.mean(posts[-3:]) > np.mean(posts[:3]) + 5.0, posts
 

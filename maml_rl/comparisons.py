@@ -36,14 +36,16 @@ import yaml
 
 from maml_rl.config import TrainConfig, from_dict
 from maml_rl.errors import CheckpointError
+from maml_rl.family import TaskFamily
 from maml_rl.files import atomic_write, atomic_write_text, lock_run_folder
-from maml_rl.sampler import make_batched_env, make_family_env, task_seeds, unnormalize_actions
-from maml_rl.trainer import CONFIG_NAME, derive_seed, prepare_env, remove_unused_run_folder, train
+from maml_rl.run import CONFIG_NAME, remove_unused_run_folder, train
+from maml_rl.sampler import run_episodes
+from maml_rl.seeding import ORACLE_TASKS, derive_seed, episode_seeds, task_seeds
 
-BASELINE_NAME = "baseline.yaml"
+MARKER_NAME = "baseline.yaml"
+"""The file that marks a comparison run folder (its kind and budget)."""
 ORACLE_MODEL = "oracle.zip"
 KINDS = ("pretrained", "oracle")
-_ORACLE_TASKS = 3  # purpose mixed into the oracle's task-sampling seeds
 _PPO_FIXED = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log"}
 
 
@@ -51,7 +53,7 @@ def run_kind(path: str | Path) -> str:
     """``maml``, ``pretrained`` or ``oracle`` for a run folder or a checkpoint file in one."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    marker = folder / BASELINE_NAME
+    marker = folder / MARKER_NAME
     if marker.is_file():
         return str(yaml.safe_load(marker.read_text())["kind"])
     config = folder / CONFIG_NAME
@@ -71,14 +73,14 @@ def _run_dir(config: TrainConfig, kind: str, run_dir: str | Path | None) -> Path
 def _write_marker(run_dir: Path, kind: str, **details: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump({"kind": kind, **details}, sort_keys=True)
-    atomic_write_text(run_dir / BASELINE_NAME, text)
+    atomic_write_text(run_dir / MARKER_NAME, text)
 
 
 # -- pretrained ----------------------------------------------------------------------------------
 def pretrained_iterations(config: TrainConfig, timesteps: int) -> int:
     """Iterations that spend about ``timesteps`` env steps: ceil(N / (M K H)) (one batch each)."""
-    horizon = config.max_episode_steps or gym.spec(prepare_env(config)).max_episode_steps
-    per_iteration = config.meta_batch_size * config.episodes_per_task * int(horizon)
+    horizon = TaskFamily.from_config(config).horizon
+    per_iteration = config.meta_batch_size * config.episodes_per_task * horizon
     return max(1, math.ceil(timesteps / per_iteration))
 
 
@@ -139,18 +141,14 @@ class TaskObservationWrapper(gym.ObservationWrapper):
 
 def make_oracle_env(config: TrainConfig, index: int = 0, task: Any = None) -> gym.Env:
     """A single family env with the task appended to its observations (see the wrapper)."""
-    env_id = prepare_env(config)
-    kwargs = dict(config.env_kwargs)
-    if config.max_episode_steps is not None:
-        kwargs["max_episode_steps"] = config.max_episode_steps
-    rng = np.random.default_rng(derive_seed(config.seed, index, _ORACLE_TASKS))
-    env = make_family_env(env_id, kwargs)
+    family = TaskFamily.from_config(config)
+    rng = np.random.default_rng(derive_seed(config.seed, index, ORACLE_TASKS))
+    env = family.make_env()
     if config.normalize_actions:  # PPO acts in [-1, 1]^d, as the meta-learned policies
-        low, high = env.action_space.low, env.action_space.high
+        low = env.action_space.low
+        to_env = family.action_mapping(env.action_space)
         unit = gym.spaces.Box(-1.0, 1.0, low.shape, env.action_space.dtype)
-        env = gym.wrappers.TransformAction(
-            env, lambda u: unnormalize_actions(u, low, high).astype(low.dtype), unit
-        )
+        env = gym.wrappers.TransformAction(env, lambda u: to_env(u).astype(low.dtype), unit)
     return TaskObservationWrapper(env, rng=rng, task=task)
 
 
@@ -329,11 +327,12 @@ def _oracle_policy(
 
 def evaluate_oracle(
     model: Any,
-    config: TrainConfig,
+    family: TaskFamily,
     tasks: Sequence[Any],
     episodes_per_task: int,
     seed: int,
     deterministic: bool = False,
+    num_threads: int | None = None,
 ) -> np.ndarray:
     """Mean return of ``episodes_per_task`` rollouts per task, all tasks in one batched env.
 
@@ -341,39 +340,33 @@ def evaluate_oracle(
     :func:`load_oracle` or a PPO model.
 
     Actions are sampled from the PPO policy, like every other method's (``deterministic``: its
-    mean action instead), and clipped to the action space; initial states come from the same
-    per-task seeds as the sampler's. Returns ``[N]``.
+    mean action instead), and mapped onto the action space as the samplers do
+    (:meth:`TaskFamily.action_mapping`); the episodes run in the samplers' loop
+    (:func:`~maml_rl.sampler.run_episodes`) from the same per-task seeds. Returns ``[N]``.
     """
-    env_id = prepare_env(config)
-    horizon = int(config.max_episode_steps or gym.spec(env_id).max_episode_steps)
     k, n_tasks = int(episodes_per_task), len(tasks)
-    env = make_batched_env(env_id, n_tasks * k, config.env_kwargs, config.num_threads)
-    seeds = task_seeds(seed, n_tasks)
-    env_seeds = [int(x) for s in seeds for x in np.random.SeedSequence(s).generate_state(k)]
-    per_env = [t for t in tasks for _ in range(k)]
+    env = family.make_batched_env(n_tasks * k, num_threads)
     task_arr = np.repeat(np.stack([np.asarray(t.as_array()) for t in tasks]), k, axis=0)
+
+    def act(t: int, obs: np.ndarray) -> np.ndarray:
+        aug = np.concatenate([obs, task_arr], axis=1).astype(np.float32)
+        actions, _ = model.predict(aug, deterministic=deterministic)
+        return actions
+
     try:
-        if isinstance(env, gym.vector.SyncVectorEnv):
-            for sub_env, task in zip(env.envs, per_env):
-                sub_env.unwrapped.reset_task(task)
-            obs, _ = env.reset(seed=env_seeds)
-        else:
-            obs, _ = env.reset(seed=env_seeds, options={"tasks": per_env})
-        total = np.zeros(n_tasks * k)
-        finished = np.zeros(n_tasks * k, dtype=bool)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            for _ in range(horizon):
-                aug = np.concatenate([obs, task_arr], axis=1).astype(np.float32)
-                actions, _ = model.predict(aug, deterministic=deterministic)
-                if config.normalize_actions:
-                    space = env.single_action_space
-                    actions = unnormalize_actions(actions, space.low, space.high)
-                obs, reward, terminated, truncated, _ = env.step(actions)
-                total += np.where(finished, 0.0, reward)
-                finished |= np.asarray(terminated) | np.asarray(truncated)
-                if finished.all():
-                    break
+            episodes = run_episodes(
+                env,
+                [t for t in tasks for _ in range(k)],
+                [x for s in task_seeds(seed, n_tasks) for x in episode_seeds(s, k)],
+                family.horizon,
+                act,
+                family.action_mapping(env.single_action_space),
+            )
     finally:
         env.close()
+    total = np.zeros(n_tasks * k)
+    for rewards_t in episodes.rewards:  # summed step by step, in float64
+        total += rewards_t
     return total.reshape(n_tasks, k).mean(axis=1)

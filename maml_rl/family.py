@@ -1,0 +1,309 @@
+"""The task family of a run, resolved once: env id, kwargs, horizon, action mapping, tasks.
+
+:meth:`TaskFamily.from_config` imports what registers the family (the config's ``env_import``,
+the built-in ``maml_envs`` and the module of a ``module:Id`` id), resolves the id and its
+horizon H, and is then handed to everything that touches the environment: the samplers (local
+and Ray workers, which re-import :attr:`TaskFamily.imports`), evaluation, the comparison
+methods, the Python API and videos. A family is a small picklable value; it builds envs on
+demand (:meth:`TaskFamily.make_env`, :meth:`TaskFamily.make_batched_env`).
+
+The action mapping (:class:`ActionMapping`) turns the policy's actions into env actions the
+same way everywhere: with ``normalize_actions`` rllab's ``normalize`` (the policy's [-1, 1]^d
+mapped onto the Box), otherwise a clip to the Box's bounds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from maml_rl.authors_tasks import authors_test_tasks
+from maml_rl.errors import ConfigError
+from maml_rl.seeding import TASKS, TEST_STREAM, derive_seed
+from maml_rl.settings import FamilySettings
+
+BUILT_IN_FAMILIES = "maml_envs"
+"""The module whose import registers the built-in task families."""
+
+
+class PerformanceWarning(UserWarning):
+    """Something works, but much slower than it could (e.g. a family without a batched env)."""
+
+
+def import_user_module(module: str, what: str) -> None:
+    """Import a user's module (one naming a task family), searching the current folder too.
+
+    The ``maml-rl`` console script, unlike ``python -m``, does not put the current folder on
+    ``sys.path``; it is appended (after installed packages, so it never hides them) before the
+    import. Raises ``ValueError`` naming the module and where it was looked for.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(
+            f"cannot import {what} {module!r} ({err}); it must be importable from the current "
+            f"folder ({cwd}) or a folder on PYTHONPATH, or be installed"
+        ) from err
+
+
+def registered_families() -> list[str]:
+    """Registered Gymnasium ids that are not Gymnasium's own (the built-in task families and
+    every one a user registered), sorted."""
+    ids = []
+    for env_id, spec in gym.registry.items():
+        entry = spec.entry_point
+        module = entry.split(":")[0] if isinstance(entry, str) else getattr(entry, "__module__", "")
+        if not str(module).startswith(("gymnasium.", "shimmy")):
+            ids.append(env_id)
+    return sorted(ids)
+
+
+def resolve_env_id(env_id: str) -> str:
+    """Import ``module`` for ids written ``module:Id`` (a user's family) and return ``Id``.
+
+    Raises ``ValueError`` naming the id when it is not registered, with Gymnasium's hint (a
+    close name, the versions it has) and every registered task family.
+    """
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        import_user_module(module, f"the module of env id {env_id!r}:")
+    if env_id not in gym.registry:
+        try:
+            gym.spec(env_id)
+            hint = ""
+        except gym.error.Error as err:
+            hint = f" ({str(err).strip()})"
+        raise ValueError(
+            f"unknown env id {env_id!r}{hint}; registered task families: {registered_families()}"
+        )
+    return env_id
+
+
+def make_family_env(env_id: str, env_kwargs: dict[str, Any], **kwargs: Any) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs, **kwargs)``; a keyword the env does not take is a
+    ``ConfigError`` naming it (``env_kwargs`` come from the user's config)."""
+    try:
+        return gym.make(env_id, **env_kwargs, **kwargs)
+    except TypeError as err:
+        if "keyword argument" not in str(err):
+            raise
+        raise ConfigError(f"bad env_kwargs {env_kwargs} for {env_id}: {err}") from None
+
+
+def make_batched_env(
+    env_id: str, num_envs: int, env_kwargs: dict[str, Any], num_threads: int | None = None
+) -> gym.vector.VectorEnv:
+    """The family's native batched env when registered with a ``vector_entry_point`` (no
+    autoreset: each sub-env runs one episode per reset), else a synchronous vector env (with a
+    :class:`PerformanceWarning`, shown once per env id)."""
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None:
+        kwargs = dict(env_kwargs)
+        if num_threads is not None:
+            kwargs["num_threads"] = num_threads
+        return gym.make_vec(
+            env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+        )
+    warnings.warn(
+        f"{env_id} has no batched version (vector_entry_point): its sub-environments are stepped "
+        "one at a time by Gymnasium's SyncVectorEnv, typically 10-20x slower; the README's "
+        "'Your own task family' shows how to write one",
+        PerformanceWarning,
+        stacklevel=2,
+    )
+    return gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+        **env_kwargs,
+    )
+
+
+def unnormalize_actions(u: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """rllab's ``normalize``: a = low + (clip(u, -1, 1) + 1) (high - low) / 2 (exactly
+    clip(u, -1, 1) when the bounds already are [-1, 1], without rounding)."""
+    clipped = np.clip(u, -1.0, 1.0)
+    if np.all(low == -1.0) and np.all(high == 1.0):
+        return clipped
+    return low + (clipped + 1.0) * (0.5 * (high - low))
+
+
+class ActionMapping:
+    """Policy actions -> env actions for a Box action space.
+
+    With ``normalize_actions``: :func:`unnormalize_actions` (the policy acts in [-1, 1]^d; the
+    space must be bounded). Without: clipped to [low, high] when both bounds are finite, sent as
+    they are otherwise. The result keeps the input's dtype (no cast).
+    """
+
+    def __init__(self, space: gym.spaces.Box, normalize_actions: bool, env_id: str = "") -> None:
+        self.low, self.high = space.low, space.high
+        self.normalize = bool(normalize_actions)
+        self.bounded = bool(np.isfinite(self.low).all() and np.isfinite(self.high).all())
+        if self.normalize and not self.bounded:
+            raise ValueError(
+                f"normalize_actions needs a bounded action space; {env_id or 'the env'} has {space}"
+            )
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        if self.normalize:
+            return unnormalize_actions(u, self.low, self.high)
+        return np.clip(u, self.low, self.high) if self.bounded else u
+
+
+def reset_with_tasks(env: gym.vector.VectorEnv, tasks: list[Any], seeds: list[int]) -> np.ndarray:
+    """Reset a batched env with one task and one seed per sub-env; returns the observations."""
+    if isinstance(env, gym.vector.SyncVectorEnv):  # generic fallback, not a hot path
+        for sub_env, task in zip(env.envs, tasks):
+            sub_env.unwrapped.reset_task(task)
+        obs, _ = env.reset(seed=seeds)
+    else:
+        obs, _ = env.reset(seed=seeds, options={"tasks": tasks})
+    return obs
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """A resolved task family (build with :meth:`from_config` or :meth:`make`).
+
+    Attributes:
+        env_id: the registered Gymnasium id (a ``module:`` prefix resolved away).
+        env_kwargs: keyword arguments of every env of the family.
+        horizon: H, the configured ``max_episode_steps`` or the id's registered one.
+        max_episode_steps: the configured horizon (None: the registered one is used).
+        normalize_actions: see :class:`ActionMapping`.
+        imports: modules to import before the id is known (Ray workers re-import them).
+    """
+
+    env_id: str
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    horizon: int = 0
+    max_episode_steps: int | None = None
+    normalize_actions: bool = False
+    imports: tuple[str, ...] = ()
+    _prototype: list[Any] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def make(
+        cls,
+        env_id: str,
+        env_kwargs: dict[str, Any] | None = None,
+        max_episode_steps: int | None = None,
+        normalize_actions: bool = False,
+        env_import: str | None = None,
+    ) -> TaskFamily:
+        """Import what registers the family, resolve its id and horizon."""
+        imports = [*([env_import] if env_import else []), BUILT_IN_FAMILIES]
+        for module in imports:
+            import_user_module(module, "env_import module")
+        if ":" in env_id:
+            imports.append(env_id.split(":", 1)[0])
+        resolved = resolve_env_id(env_id)
+        horizon = max_episode_steps or gym.spec(resolved).max_episode_steps
+        if not horizon or horizon <= 0:
+            raise ValueError(f"{resolved} has no max_episode_steps; set max_episode_steps")
+        return cls(
+            resolved,
+            dict(env_kwargs or {}),
+            int(horizon),
+            max_episode_steps,
+            bool(normalize_actions),
+            tuple(imports),
+        )
+
+    @classmethod
+    def from_config(cls, config: FamilySettings) -> TaskFamily:
+        """The family a config's :class:`~maml_rl.settings.FamilySettings` describe."""
+        return cls.make(
+            config.env_id,
+            config.env_kwargs,
+            config.max_episode_steps,
+            config.normalize_actions,
+            config.env_import,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:  # the cached env stays behind
+        return {**self.__dict__, "_prototype": []}
+
+    def import_modules(self) -> None:
+        """Import :attr:`imports` (in a fresh process, e.g. a Ray worker, before any env)."""
+        for module in self.imports:
+            import_user_module(module, "task family module")
+
+    # -- environments -----------------------------------------------------------------------
+    def make_env(self, task: Any = None, **kwargs: Any) -> gym.Env:
+        """A single env of the family with its horizon, set to ``task`` when given; ``kwargs``
+        go to ``gym.make`` (e.g. ``render_mode``)."""
+        extra: dict[str, Any] = {}
+        if self.max_episode_steps is not None:
+            extra["max_episode_steps"] = self.max_episode_steps
+        if task is not None:
+            extra["task"] = task
+        return make_family_env(self.env_id, self.env_kwargs, **extra, **kwargs)
+
+    def make_batched_env(
+        self, num_envs: int, num_threads: int | None = None
+    ) -> gym.vector.VectorEnv:
+        """A batched env of ``num_envs`` sub-envs (see :func:`make_batched_env`)."""
+        return make_batched_env(self.env_id, num_envs, self.env_kwargs, num_threads)
+
+    @property
+    def prototype(self) -> Any:
+        """One unwrapped env of the family, built on first use and kept: its spaces, its task
+        space and its ``sample_tasks``."""
+        if not self._prototype:
+            env = make_family_env(self.env_id, self.env_kwargs).unwrapped
+            if not hasattr(env, "sample_tasks"):
+                raise ValueError(
+                    f"{self.env_id} is not a task family: its env has no sample_tasks(n, rng)"
+                )
+            self._prototype.append(env)
+        return self._prototype[0]
+
+    @property
+    def observation_space(self) -> gym.Space:
+        return self.prototype.observation_space
+
+    @property
+    def action_space(self) -> gym.Space:
+        return self.prototype.action_space
+
+    def action_mapping(self, space: gym.spaces.Box | None = None) -> ActionMapping:
+        """Policy actions -> env actions for ``space`` (default: the family's action space)."""
+        return ActionMapping(space or self.action_space, self.normalize_actions, self.env_id)
+
+    # -- tasks --------------------------------------------------------------------------------
+    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[Any]:
+        """``num_tasks`` tasks drawn from the family's task distribution with ``rng``."""
+        return list(self.prototype.sample_tasks(num_tasks, rng))
+
+    def training_tasks(self, seed: int, iteration: int, num_tasks: int) -> list[Any]:
+        """The tasks of meta-iteration ``iteration`` of a run seeded ``seed``."""
+        return self.sample_tasks(
+            num_tasks, np.random.default_rng(derive_seed(seed, iteration, TASKS))
+        )
+
+    def test_tasks(self, num_tasks: int, seed: int, source: str = "seeded") -> list[Any]:
+        """The N test tasks: drawn with the test seed (``seeded``, the same on every call) or
+        the authors' fixed ones (``authors``), validated by the family's task space."""
+        if source == "authors":
+            space = self.prototype.task_space
+            return [space.validate(task) for task in authors_test_tasks(self.env_id, num_tasks)]
+        return self.sample_tasks(num_tasks, np.random.default_rng(derive_seed(seed, TEST_STREAM)))
+
+    def close(self) -> None:
+        """Close the cached env (a later use builds another)."""
+        for env in self._prototype:
+            env.close()
+        self._prototype.clear()

@@ -1,0 +1,169 @@
+"""What a meta-test evaluation produced: its settings, each method's returns, the table and files.
+
+The values :mod:`maml_rl.evaluation` computes and :mod:`maml_rl.plots` and :mod:`maml_rl.video`
+draw (they import this module, never the evaluation itself).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maml_rl.policy import GaussianMLPPolicy, Params
+
+TEST_TASK_SOURCES = ("seeded", "authors")
+
+
+@dataclass
+class EvalSettings:
+    """The protocol's knobs (defaults: the authors' test scripts)."""
+
+    num_tasks: int = 40
+    """Test tasks N."""
+    num_steps: int = 3
+    """Gradient steps; returns are reported after 0..num_steps steps."""
+    env_steps: int = 4000
+    """Environment steps per gradient step; K = ceil(env_steps / H) rollouts per task."""
+    seed: int = 0
+    """Test seed: fixes the test tasks and the rollouts' noise (the same for every method)."""
+    alpha: float | None = None
+    """First step size (later steps alpha / 2); None: the run's ``inner_lr``."""
+    test_tasks: str = "seeded"
+    """``seeded``: N tasks drawn from the family with the test seed; ``authors``: the tasks the
+    authors' test scripts fix (:mod:`maml_rl.authors_tasks`; the seed still drives rollouts)."""
+
+    def validate(self) -> EvalSettings:
+        for key in ("num_tasks", "env_steps"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.test_tasks not in TEST_TASK_SOURCES:
+            raise ValueError(
+                f"test_tasks must be one of {TEST_TASK_SOURCES}, got {self.test_tasks!r}"
+            )
+        return self
+
+
+@dataclass
+class MethodResult:
+    """One method's returns on the test tasks.
+
+    ``returns[j, i]`` is the mean return of task i's K rollouts after j gradient steps (one row
+    for a method evaluated without adaptation, such as the oracle).
+    """
+
+    label: str
+    kind: str
+    source: str
+    returns: np.ndarray
+    step_sizes: list[float] = field(default_factory=list)
+    rollouts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    """Per step: observations ``[T, N, K, obs_dim]`` and mask ``[T, N, K]`` (when kept)."""
+    policy: GaussianMLPPolicy | None = field(default=None, repr=False)
+    params: list[Params] = field(default_factory=list, repr=False)
+    """Per step j: the parameters the rollouts of step j were sampled with (when kept)."""
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.returns.mean(axis=1)
+
+    @property
+    def stderr(self) -> np.ndarray:
+        n = self.returns.shape[1]
+        if n < 2:
+            return np.zeros(self.returns.shape[0])
+        return self.returns.std(axis=1, ddof=1) / math.sqrt(n)
+
+
+@dataclass
+class EvaluationReport:
+    """All methods' results on the same test tasks."""
+
+    env_id: str
+    settings: EvalSettings
+    horizon: int
+    episodes_per_task: int
+    tasks: list[Any]
+    results: list[MethodResult]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "env_id": self.env_id,
+            "num_tasks": s.num_tasks,
+            "num_steps": s.num_steps,
+            "env_steps_per_step": s.env_steps,
+            "horizon": self.horizon,
+            "episodes_per_task": self.episodes_per_task,
+            "seed": s.seed,
+            "test_tasks": s.test_tasks,
+            "tasks": [np.asarray(t.as_array()).tolist() for t in self.tasks],
+            "methods": [
+                {
+                    "label": r.label,
+                    "kind": r.kind,
+                    "source": r.source,
+                    "step_sizes": r.step_sizes,
+                    "mean": r.mean.tolist(),
+                    "stderr": r.stderr.tolist(),
+                    "returns": r.returns.tolist(),
+                }
+                for r in self.results
+            ],
+        }
+
+
+def format_table(report: EvaluationReport) -> str:
+    """Mean return +- standard error over the test tasks, one row per method, one column per
+    number of gradient steps (an oracle's single number sits in the 0-step column)."""
+    n = report.settings.num_steps
+    header = ["method", *[f"{j} step{'s' if j != 1 else ''}" for j in range(n + 1)]]
+    rows = []
+    for r in report.results:
+        cells = [f"{m:.2f} ± {e:.2f}" for m, e in zip(r.mean, r.stderr)]
+        cells += ["-"] * (n + 1 - len(cells))
+        rows.append([r.label, *cells])
+    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(row, widths))
+        )
+
+    tasks = "the authors' " if report.settings.test_tasks == "authors" else ""
+    title = (
+        f"{report.env_id}: mean return ± s.e. over {tasks}{report.settings.num_tasks} test tasks "
+        f"(seed {report.settings.seed}, {report.episodes_per_task} rollouts per task and step)"
+    )
+    return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def write_report(report: EvaluationReport, output_dir: str | Path) -> dict[str, Path]:
+    """Write ``returns.json`` and ``returns.csv`` (per task, per step, per method)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "returns.json"
+    json_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    csv_path = out / "returns.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["method", "kind", "step", "task_index", "task", "return"])
+        for r in report.results:
+            for j, row in enumerate(r.returns):
+                for i, value in enumerate(row):
+                    task = " ".join(f"{x:g}" for x in np.asarray(report.tasks[i].as_array()))
+                    writer.writerow([r.label, r.kind, j, i, task, f"{value:.6f}"])
+    return {"json": json_path, "csv": csv_path}

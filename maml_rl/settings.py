@@ -1,0 +1,191 @@
+"""Every hyperparameter, declared once: small settings groups with their defaults and meanings.
+
+Each group is a dataclass of the keys one part of the code reads. The config
+(:class:`~maml_rl.config.TrainConfig`) is the union of all groups: its flat keys are the YAML,
+``--set`` and checkpoint keys, and ``config.part(Group)`` hands one part its group, e.g.
+``config.part(MetaLearnerSettings)`` for the meta-learner. Nothing here imports torch or an
+algorithm module: the choice lists the config validates against live here too.
+
+Groups (who receives them):
+
+* :class:`FamilySettings`: which task family, resolved once into a
+  :class:`~maml_rl.family.TaskFamily` (sampler, evaluation, comparisons, video).
+* :class:`PolicySettings`: the policy network (:func:`~maml_rl.trainer.make_policy`).
+* :class:`BatchSettings`: tasks and episodes per meta-iteration, inner steps (trainer).
+* :class:`AdvantageSettings`: discount, GAE, normalisation (every "sample, advantages, step").
+* :class:`InnerLoopSettings` and :class:`TRPOSettings`, together :class:`MetaLearnerSettings`
+  (:class:`~maml_rl.meta_learner.MetaLearner`).
+* :class:`SamplerSettings`: the sampling back-end (:func:`~maml_rl.trainer.make_sampler`).
+* :class:`RunSettings`: seed, iterations, device, checkpoints, logging (:mod:`maml_rl.run`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+INNER_OBJECTIVES = ("reinforce", "lvc")
+"""Inner-loop losses (:mod:`maml_rl.adaptation`)."""
+HVP_METHODS = ("gauss_newton", "exact")
+"""KL-Hessian products of the meta-step's conjugate gradient (:mod:`maml_rl.meta_learner`)."""
+NONLINEARITIES = ("relu", "tanh")
+"""Hidden-layer activations of the policy (:mod:`maml_rl.policy`)."""
+SAMPLERS = ("vector", "ray")
+"""Sampling back-ends (:func:`maml_rl.trainer.make_sampler`)."""
+
+
+@dataclass
+class FamilySettings:
+    """The task family: which environment, with which arguments, horizon and action mapping."""
+
+    env_id: str = "MAML/Navigation2D-v0"
+    """Gymnasium id of the task family; ``module:Id`` imports ``module`` first (custom families)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the environment (e.g. task ranges)."""
+    env_import: str | None = None
+    """A module to import before making the env (registers a user's family)."""
+    normalize_actions: bool = True
+    """The policy acts in [-1, 1]^d, mapped onto the env's action bounds (rllab's ``normalize``,
+    used by the authors' scripts: for 2D navigation, policy std 1 means velocity noise 0.1)."""
+    max_episode_steps: int | None = None
+    """Horizon H; None: the id's registered max_episode_steps (100 navigation, 200 locomotion)."""
+
+
+@dataclass
+class RunSettings:
+    """One run: its seed and length, where it computes, checkpoints and logs."""
+
+    seed: int = 1
+    """Drives task sampling, environments and torch; the same seed gives the same run."""
+    num_iterations: int = 500
+    """Number of meta-iterations (meta-updates)."""
+    device: str = "cpu"
+    """Learner device (``cpu`` or ``cuda``); sampling always runs on the CPU."""
+    torch_threads: int | None = None
+    """torch intra-op threads (None: torch's default)."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every this many iterations (and at the end and on Ctrl-C)."""
+    keep_checkpoints: bool = False
+    """Also keep a copy of every periodic checkpoint as ``checkpoints/iteration_NNNNN.pt``."""
+    log_dir: str = "runs"
+    """Parent folder of run directories."""
+    run_name: str | None = None
+    """Run directory name; None: ``<env>__<config>__<seed>__<time>``."""
+    config_name: str = "custom"
+    """Name of the preset or file the config came from (used in the run name)."""
+    progress_bar: bool = True
+    """Show a progress bar with pre-/post-adaptation returns."""
+
+
+@dataclass
+class BatchSettings:
+    """How much is sampled per meta-iteration."""
+
+    meta_batch_size: int = 20
+    """Tasks per meta-iteration (paper: 20 navigation, 40 locomotion)."""
+    episodes_per_task: int = 20
+    """K, trajectories per task for each inner step and for the post-update batch."""
+    num_inner_steps: int = 1
+    """Policy-gradient adaptation steps in training (each with fresh rollouts); 0 trains one
+    policy on all tasks jointly (multi-task TRPO, the paper's "pretrained" baseline)."""
+
+
+@dataclass
+class InnerLoopSettings:
+    """The inner loop: theta'_i = theta - alpha * grad L_i(theta) per inner step."""
+
+    inner_lr: float = 0.1
+    """Inner step size alpha."""
+    inner_objective: str = "reinforce"
+    """``reinforce`` (paper) or ``lvc`` (ProMP's low-variance curvature objective)."""
+    first_order: bool = False
+    """Drop second derivatives through the inner step (first-order MAML)."""
+
+
+@dataclass
+class PolicySettings:
+    """The Gaussian MLP policy."""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [100, 100])
+    """Policy MLP hidden layer widths."""
+    nonlinearity: str = "relu"
+    """``relu`` or ``tanh``."""
+    init_std: float = 1.0
+    """Initial action standard deviation."""
+
+
+@dataclass
+class AdvantageSettings:
+    """Advantages of a batch: discounted returns minus the linear baseline, GAE, normalised."""
+
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0: Monte-Carlo returns minus the linear baseline)."""
+    normalize_advantages: bool = True
+    """Normalise advantages per task (mean 0, std 1 over valid steps)."""
+
+
+@dataclass
+class TRPOSettings:
+    """The TRPO meta-step: trust region, conjugate gradient, line search."""
+
+    max_kl: float = 0.01
+    """TRPO trust region delta on the mean KL."""
+    cg_iters: int = 10
+    """Conjugate-gradient iterations."""
+    cg_damping: float = 1e-5
+    """Damping added to the KL Hessian."""
+    ls_backtrack_ratio: float = 0.8
+    """Line-search step shrink factor."""
+    ls_max_steps: int = 15
+    """Line-search trials."""
+    cg_subsample: float = 1.0
+    """Fraction of samples used in the CG curvature products (1.0: all; < 1: subsampled
+    Fisher, faster, an approximation whose effect on learning is reported in the README)."""
+    hvp: str = "gauss_newton"
+    """KL-Hessian products for CG: ``gauss_newton`` (J^T F J, equal at the current point, by
+    hand-written passes through the policy network, with the meta-gradient; :mod:`maml_rl.fisher`)
+    or ``exact`` (autograd: double backward of the KL through the second-order adaptation, the
+    slower reference)."""
+
+
+@dataclass
+class MetaLearnerSettings(TRPOSettings, InnerLoopSettings):
+    """What :class:`~maml_rl.meta_learner.MetaLearner` receives: the inner loop's and the TRPO
+    meta-step's settings (the fields of both groups, flat: ``s.inner_lr``, ``s.max_kl``)."""
+
+
+@dataclass
+class SamplerSettings:
+    """The sampling back-end; every back-end gives the same batches for the same seed."""
+
+    num_threads: int | None = None
+    """Physics threads of the batched env (None: all cores)."""
+    sampler: str = "vector"
+    """``vector`` (one batched env in this process) or ``ray`` (tasks split over Ray actors;
+    ``pip install -e ".[ray]"``); both give the same batches for the same seed."""
+    ray_address: str = "local"
+    """``sampler=ray``: ``local`` starts Ray in this process; ``auto`` or ``host:port`` joins a
+    running cluster (``ray start --head``)."""
+    num_workers: int = 2
+    """``sampler=ray``: worker actors; each samples a contiguous shard of the meta-batch and
+    reserves ``num_threads`` CPUs (1 when null) for its physics."""
+    ray_max_retries: int = 3
+    """``sampler=ray``: times a shard is re-sampled in one call after its worker died."""
+    ray_timeout_s: float = 600.0
+    """``sampler=ray``: seconds to wait for a shard (or for workers to start) before the worker
+    counts as dead."""
+
+
+GROUPS: tuple[type, ...] = (
+    FamilySettings,
+    RunSettings,
+    BatchSettings,
+    InnerLoopSettings,
+    PolicySettings,
+    AdvantageSettings,
+    TRPOSettings,
+    SamplerSettings,
+)
+"""Every group, in the order the keys are listed (``maml-rl train --help``)."""
