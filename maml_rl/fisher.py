@@ -309,16 +309,16 @@ class _TaskGroup:
         policy: MLPPolicy,
         adapted: Params,
         steps: Sequence[InnerStep],
-        valid_data: LossInputs,
+        post_update: LossInputs,
         total_tasks: int,
     ) -> None:
         self.inner = [(InnerLossCurvature(policy, step), step.lr) for step in steps]
-        self.tape = MLPTape(policy, adapted, valid_data.observations)
+        self.tape = MLPTape(policy, adapted, post_update.observations)
         with torch.no_grad():
-            self.head = make_head(policy, adapted, valid_data.actions, self.tape.output)
+            self.head = make_head(policy, adapted, post_update.actions, self.tape.output)
             self.weight = (
-                valid_data.mask
-                / (valid_data.mask.sum(-1, keepdim=True).clamp_min(1.0) * total_tasks)
+                post_update.mask
+                / (post_update.mask.sum(-1, keepdim=True).clamp_min(1.0) * total_tasks)
             ).unsqueeze(-1)  # [M, N, 1]: the KL and surrogate average
 
     def through_inner(self, vectors: Params, reverse: bool) -> Params:
@@ -351,7 +351,7 @@ class AdaptationCurvature:
 
     ``steps`` are the inner steps taken from theta to ``adapted`` (empty for first-order MAML,
     whose theta' does not depend on theta through the gradient), each possibly on a subsample of
-    its batch; ``valid_data`` is the post-update batch (or a subsample of it) on which the KL and
+    its batch; ``post_update`` is the post-update batch (or a subsample of it) on which the KL and
     surrogate are averaged: ``mean_tasks(task_mean(.))`` as in
     :meth:`maml_rl.meta_learner.MetaLearner.surrogate_and_kl`. The tasks are split into groups
     (``group_size``; default :func:`task_group_size`) whose products run one after another, so
@@ -364,19 +364,19 @@ class AdaptationCurvature:
         theta: Params,
         adapted: Params,
         steps: Sequence[InnerStep],
-        valid_data: LossInputs,
+        post_update: LossInputs,
         group_size: int | None = None,
     ) -> None:
         self.names = list(theta)
         self.theta_list = [theta[k] for k in self.names]
-        num_tasks, samples = valid_data.mask.shape
+        num_tasks, samples = post_update.mask.shape
         adapted = {k: v.detach() for k, v in adapted.items()}
         if not is_task_batched(adapted):  # no inner step: one set for all
             adapted = replicate(adapted, num_tasks)
         if group_size is None:
             widest = max(policy.hidden_sizes, default=1)
             samples = max([samples, *(step.data.mask.shape[1] for step in steps)])
-            obs = valid_data.observations
+            obs = post_update.observations
             group_size = task_group_size(
                 num_tasks, samples, widest, obs.element_size(), obs.device.type == "cuda"
             )
@@ -394,11 +394,14 @@ class AdaptationCurvature:
                 )
                 for step in steps
             ]
-            group_valid = LossInputs(*(x[tasks] for x in valid_data))
-            group_adapted = {k: v[tasks] for k, v in adapted.items()}
-            self.groups.append(
-                (tasks, _TaskGroup(policy, group_adapted, group_steps, group_valid, num_tasks))
+            group = _TaskGroup(
+                policy,
+                {k: v[tasks] for k, v in adapted.items()},
+                group_steps,
+                LossInputs(*(x[tasks] for x in post_update)),
+                num_tasks,
             )
+            self.groups.append((tasks, group))
 
     def _sum_over_tasks(self, per_group) -> Tensor:
         total = [sum(x) for x in zip(*([g[k].sum(0) for k in self.names] for g in per_group))]

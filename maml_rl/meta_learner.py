@@ -7,7 +7,10 @@ batches D'_i sampled with the adapted policies pi_theta'_i, minimise the surroga
 
 subject to 1/M sum_i mean KL(pi_old'_i || pi_theta'_i) <= delta, where theta'_i is recomputed
 from theta through the inner loop (second order unless ``first_order``) and pi_old' is the
-adapted policy at the current theta.
+adapted policy at the current theta. The surrogate's gradient and the KL's curvature come from
+:mod:`maml_rl.fisher` (hand-written passes, ``hvp="gauss_newton"``) or from autograd through
+the second-order adaptation (``hvp="exact"``, the reference); :func:`maml_rl.trpo.trpo_step`
+takes the step.
 """
 
 from __future__ import annotations
@@ -54,31 +57,31 @@ class MetaLearner:
     def surrogate_and_kl(
         self,
         inner_data: Sequence[LossInputs],
-        valid_data: LossInputs,
+        post_update: LossInputs,
         old: OldPolicy | None = None,
         create_graph: bool = True,
         adapted: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, OldPolicy]:
         """Surrogate loss and mean KL at the current theta.
 
-        ``old`` = (forward output, log_prob) of pi_old' on ``valid_data``; ``None`` takes the
+        ``old`` = (forward output, log_prob) of pi_old' on ``post_update``; ``None`` takes the
         current adapted policy as pi_old' (ratio 1, KL 0). ``adapted`` may pass theta'
         computed already. Returns (loss, kl, old).
         """
         params = adapted if adapted is not None else self.adapt(inner_data, create_graph)
-        output = self.policy(valid_data.observations, params)
-        logp = self.policy.log_prob(valid_data.actions, output)
+        output = self.policy(post_update.observations, params)
+        logp = self.policy.log_prob(post_update.actions, output)
         if old is None:
             old = (detach_output(output), logp.detach())
         ratio = torch.exp(logp - old[1])
-        loss = -task_mean(ratio * valid_data.advantages, valid_data.mask).mean()
-        kl = task_mean(self.policy.kl(old[0], output), valid_data.mask).mean()
+        loss = -task_mean(ratio * post_update.advantages, post_update.mask).mean()
+        kl = task_mean(self.policy.kl(old[0], output), post_update.mask).mean()
         return loss, kl, old
 
     def step(
         self,
         inner_data: Sequence[LossInputs],
-        valid_data: LossInputs,
+        post_update: LossInputs,
         generator: torch.Generator | None = None,
     ) -> TRPOResult:
         """One TRPO meta-update of theta (in place); ``generator`` draws the Fisher subsample.
@@ -92,15 +95,15 @@ class MetaLearner:
         start = time.perf_counter()
         params = list(self.policy.parameters())
         if s.hvp == "exact":
-            loss, kl, old = self.surrogate_and_kl(inner_data, valid_data, None, True)
+            loss, kl, old = self.surrogate_and_kl(inner_data, post_update, None, True)
             gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
             fvp = hessian_vector_product(kl, params, s.cg_damping)
         else:
-            loss, gradient, fvp, old = self._curvature(inner_data, valid_data, generator)
+            loss, gradient, fvp, old = self._curvature(inner_data, post_update, generator)
 
         def evaluate() -> tuple[float, float]:
             with torch.enable_grad():
-                new_loss, new_kl, _ = self.surrogate_and_kl(inner_data, valid_data, old, False)
+                new_loss, new_kl, _ = self.surrogate_and_kl(inner_data, post_update, old, False)
             return float(new_loss), float(new_kl)
 
         seconds = {"gradient": time.perf_counter() - start}
@@ -121,7 +124,7 @@ class MetaLearner:
     def _curvature(
         self,
         inner_data: Sequence[LossInputs],
-        valid_data: LossInputs,
+        post_update: LossInputs,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], OldPolicy]:
         """Surrogate value, meta-gradient and damped Fisher-vector product by hand-written
@@ -142,15 +145,15 @@ class MetaLearner:
         if s.first_order:
             steps = []
         with torch.no_grad():
-            loss, _, old = self.surrogate_and_kl(inner_data, valid_data, None, False, adapted)
-        full = AdaptationCurvature(self.policy, theta, adapted, steps, valid_data)
-        gradient = full.surrogate_gradient(valid_data.advantages)
+            loss, _, old = self.surrogate_and_kl(inner_data, post_update, None, False, adapted)
+        curvature = AdaptationCurvature(self.policy, theta, adapted, steps, post_update)
+        gradient = curvature.surrogate_gradient(post_update.advantages)
         if s.cg_subsample < 1.0:
             gen = generator or torch.Generator().manual_seed(0)
-            valid = subsample(valid_data, s.cg_subsample, gen)
+            post_update_sample = subsample(post_update, s.cg_subsample, gen)
             steps = [
                 dataclasses.replace(step, data=subsample(step.data, s.cg_subsample, gen))
                 for step in steps
             ]
-            full = AdaptationCurvature(self.policy, theta, adapted, steps, valid)
-        return loss, gradient, lambda v: full.fisher_vector_product(v, s.cg_damping), old
+            curvature = AdaptationCurvature(self.policy, theta, adapted, steps, post_update_sample)
+        return loss, gradient, lambda v: curvature.fisher_vector_product(v, s.cg_damping), old
