@@ -15,7 +15,7 @@ summed per-task losses gives the per-task gradients.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,13 +59,17 @@ def adapt_steps(
     step_sizes: Sequence[float],
     objective: str = "reinforce",
     create_graph: bool = True,
+    gradient: Callable[[InnerStep], Params] | None = None,
 ) -> tuple[Params, list[InnerStep]]:
     """Apply one policy-gradient step per element of ``inner_data`` (all tasks at once).
 
     ``params`` are the meta-parameters theta (replicated over the M tasks here) or already
     task-batched parameters. With ``create_graph`` the result is differentiable to second order
     in theta (MAML); without it the inner gradients are constants, so d theta'/d theta = I
-    (first-order MAML). Returns task-batched parameters ``[M, ...]`` and the steps taken.
+    (first-order MAML). ``gradient`` may replace autograd's per-task gradient of the step's
+    loss (the meta-step passes :meth:`maml_rl.fisher.InnerLossCurvature.gradient`'s, computed
+    by hand, whose tapes it reuses). Returns task-batched parameters ``[M, ...]`` and the steps
+    taken.
     """
     if len(inner_data) != len(step_sizes):
         raise ValueError(f"got {len(inner_data)} inner batches but {len(step_sizes)} step sizes")
@@ -74,9 +78,13 @@ def adapt_steps(
         params = replicate(params, num_tasks)
     steps: list[InnerStep] = []
     for data, lr in zip(inner_data, step_sizes):
-        steps.append(InnerStep(params, data, lr, objective))
-        loss = inner_loss(policy, params, data, objective).sum()
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        step = InnerStep(params, data, lr, objective)
+        steps.append(step)
+        if gradient is not None:
+            grads = [gradient(step)[k] for k in params]
+        else:
+            loss = inner_loss(policy, params, data, objective).sum()
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
         params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
     return params, steps
 

@@ -26,6 +26,7 @@ autograd (:func:`maml_rl.trpo.hessian_vector_product` of the KL through the adap
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -50,6 +51,20 @@ def _weight(layer: int) -> str:
 
 def _bias(layer: int) -> str:
     return f"layers.{layer}.bias"
+
+
+def _select(obj, tasks: slice):
+    """A shallow copy of ``obj`` whose tensors (and lists of tensors, and objects with a
+    ``select``) keep only the tasks ``tasks`` of their leading dimension: views, no copies."""
+    out = copy.copy(obj)
+    for name, value in vars(obj).items():
+        if isinstance(value, Tensor):
+            setattr(out, name, value[tasks])
+        elif isinstance(value, list) and value and isinstance(value[0], Tensor):
+            setattr(out, name, [t[tasks] for t in value])
+        elif hasattr(value, "select"):
+            setattr(out, name, value.select(tasks))
+    return out
 
 
 class MLPTape:
@@ -84,6 +99,10 @@ class MLPTape:
                 else:
                     self.slopes.append((z > 0).to(z.dtype))
                     h = z.clamp_min(0.0)
+
+    def select(self, tasks: slice) -> MLPTape:
+        """The tape of the tasks ``tasks`` only (views)."""
+        return _select(self, tasks)
 
     def jvp(self, direction: Params) -> tuple[Tensor, list[Tensor | None], list[Tensor]]:
         """R-op of the forward pass: R(z_L) ``[M, N, out]`` for the parameter direction
@@ -158,6 +177,9 @@ class GaussianHead:
         self.score_output = self.e * self.inv_std
         self.score_extra = self.e * self.e - 1.0
 
+    def select(self, tasks: slice) -> GaussianHead:
+        return _select(self, tasks)
+
     def hessian(self, r_output: Tensor, r_extra: Tensor) -> tuple[Tensor, Tensor]:
         """(d2 log pi) applied to the output directions (R(mu), R(s)), per sample."""
         return (
@@ -185,6 +207,9 @@ class CategoricalHead:
         onehot = torch.nn.functional.one_hot(actions.long(), logits.shape[-1])
         self.score_output = onehot.to(logits.dtype) - self.p
         self.score_extra = None
+
+    def select(self, tasks: slice) -> CategoricalHead:
+        return _select(self, tasks)
 
     def fisher(self, d_output: Tensor, d_extra: None = None) -> tuple[Tensor, None]:
         """(diag(p) - p p^T) d, per sample."""
@@ -244,6 +269,22 @@ class InnerLossCurvature:
             self.c = (data.advantages * data.mask / count).unsqueeze(-1)  # [M, N, 1]
             self.deltas, self.backprops = self.tape.deltas(-self.c * self.head.score_output)
 
+    def select(self, tasks: slice) -> InnerLossCurvature:
+        """The curvature of the tasks ``tasks`` only (views of the same tapes)."""
+        return _select(self, tasks)
+
+    def gradient(self) -> Params:
+        """The per-task gradient of the inner loss (what autograd's backward of
+        :func:`maml_rl.adaptation.inner_loss` gives): dL/dW_l = delta_l^T h_{l-1},
+        dL/db_l = sum_n delta_l, and -sum_n c (d log pi / ds) for the head's parameter."""
+        grads: Params = {}
+        for i in range(self.tape.num_layers):
+            grads[_weight(i)] = torch.bmm(self.deltas[i].mT, self.tape.inputs[i])
+            grads[_bias(i)] = self.deltas[i].sum(1)
+        if self.head.extra:
+            grads[self.head.extra] = -(self.c * self.head.score_extra).sum(1)
+        return grads
+
     def __call__(self, v: Params) -> Params:
         """H_in v for task-batched directions ``v`` (``[M, ...]`` per parameter)."""
         tape, head, c = self.tape, self.head, self.c
@@ -287,39 +328,32 @@ def subsample(data: LossInputs, fraction: float, generator: torch.Generator) -> 
 
 
 CACHE_BYTES = 24 * 2**20
-"""Working set aimed at per task group on CPU: a group's tapes' intermediates (about eight
-[tasks, N, width] arrays) stay in the last-level cache while a product runs over them."""
+"""Working set aimed at per task group on CPU: a group's tapes and intermediates (about twelve
+[tasks, N, width] arrays) stay in the last-level cache while a product runs over them (2
+navigation tasks, 1 cheetah task: measured best of 1-5 and all 20 on a 2-core EPYC)."""
 
 
 def task_group_size(num_tasks: int, samples: int, width: int, itemsize: int, cuda: bool) -> int:
     """Tasks per group in :class:`AdaptationCurvature`: all at once on a GPU (one kernel per
-    layer); on a CPU as many as keep ~8 arrays of ``samples x width`` per task in
+    layer); on a CPU as many as keep ~12 arrays of ``samples x width`` per task in
     :data:`CACHE_BYTES` (at least one)."""
     if cuda:
         return num_tasks
-    return max(1, min(num_tasks, CACHE_BYTES // (8 * samples * width * itemsize)))
+    return max(1, min(num_tasks, CACHE_BYTES // (12 * samples * width * itemsize)))
 
 
 class _TaskGroup:
-    """The tapes of a contiguous group of tasks: their inner steps' loss curvatures, the
-    post-update tape and head, and the KL / surrogate average's weights (over all tasks)."""
+    """The tapes of a contiguous group of tasks: their inner steps' loss curvatures (with step
+    sizes), the post-update tape and head, and the KL / surrogate average's weights."""
 
     def __init__(
         self,
-        policy: MLPPolicy,
-        adapted: Params,
-        steps: Sequence[InnerStep],
-        post_update: LossInputs,
-        total_tasks: int,
+        inner: list[tuple[InnerLossCurvature, float]],
+        tape: MLPTape,
+        head: Head,
+        weight: Tensor,
     ) -> None:
-        self.inner = [(InnerLossCurvature(policy, step), step.lr) for step in steps]
-        self.tape = MLPTape(policy, adapted, post_update.observations)
-        with torch.no_grad():
-            self.head = make_head(policy, adapted, post_update.actions, self.tape.output)
-            self.weight = (
-                post_update.mask
-                / (post_update.mask.sum(-1, keepdim=True).clamp_min(1.0) * total_tasks)
-            ).unsqueeze(-1)  # [M, N, 1]: the KL and surrogate average
+        self.inner, self.tape, self.head, self.weight = inner, tape, head, weight
 
     def through_inner(self, vectors: Params, reverse: bool) -> Params:
         """prod_j (I - alpha_j H_j) applied to per-task vectors (J^T: in reverse step order)."""
@@ -366,6 +400,7 @@ class AdaptationCurvature:
         steps: Sequence[InnerStep],
         post_update: LossInputs,
         group_size: int | None = None,
+        inner: Sequence[InnerLossCurvature] | None = None,
     ) -> None:
         self.names = list(theta)
         self.theta_list = [theta[k] for k in self.names]
@@ -373,6 +408,16 @@ class AdaptationCurvature:
         adapted = {k: v.detach() for k, v in adapted.items()}
         if not is_task_batched(adapted):  # no inner step: one set for all
             adapted = replicate(adapted, num_tasks)
+        if inner is None:
+            inner = [InnerLossCurvature(policy, step) for step in steps]
+        lrs = [step.lr for step in steps]
+        tape = MLPTape(policy, adapted, post_update.observations)
+        with torch.no_grad():
+            head = make_head(policy, adapted, post_update.actions, tape.output)
+            weight = (
+                post_update.mask
+                / (post_update.mask.sum(-1, keepdim=True).clamp_min(1.0) * num_tasks)
+            ).unsqueeze(-1)  # [M, N, 1]: the KL and surrogate average
         if group_size is None:
             widest = max(policy.hidden_sizes, default=1)
             samples = max([samples, *(step.data.mask.shape[1] for step in steps)])
@@ -383,23 +428,11 @@ class AdaptationCurvature:
         self.groups = []
         for start in range(0, num_tasks, group_size):
             tasks = slice(start, start + group_size)
-            group_steps = [
-                InnerStep(
-                    {k: v[tasks] for k, v in step.params.items()}
-                    if is_task_batched(step.params)
-                    else step.params,
-                    LossInputs(*(x[tasks] for x in step.data)),
-                    step.lr,
-                    step.objective,
-                )
-                for step in steps
-            ]
             group = _TaskGroup(
-                policy,
-                {k: v[tasks] for k, v in adapted.items()},
-                group_steps,
-                LossInputs(*(x[tasks] for x in post_update)),
-                num_tasks,
+                [(curvature.select(tasks), lr) for curvature, lr in zip(inner, lrs)],
+                tape.select(tasks),
+                head.select(tasks),
+                weight[tasks],
             )
             self.groups.append((tasks, group))
 

@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from maml_rl.adaptation import adapt, adapt_steps
+from maml_rl.adaptation import InnerStep, adapt, adapt_steps
 from maml_rl.batch import LossInputs, task_mean
-from maml_rl.fisher import AdaptationCurvature, subsample
-from maml_rl.policy import MLPPolicy, PolicyOutput, detach_output
+from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, subsample
+from maml_rl.policy import MLPPolicy, Params, PolicyOutput, detach_output
 from maml_rl.settings import HVP_METHODS, MetaLearnerSettings
 from maml_rl.trpo import TRPOResult, flatten, hessian_vector_product, trpo_step
 
@@ -102,9 +102,16 @@ class MetaLearner:
             loss, gradient, fvp, old = self._curvature(inner_data, post_update, generator)
 
         def evaluate() -> tuple[float, float]:
-            with torch.enable_grad():
-                new_loss, new_kl, _ = self.surrogate_and_kl(inner_data, post_update, old, False)
-            return float(new_loss), float(new_kl)
+            if s.hvp == "exact":
+                with torch.enable_grad():
+                    new_loss, new_kl, _ = self.surrogate_and_kl(inner_data, post_update, old, False)
+            else:
+                adapted = self._adapt_by_hand(inner_data)[0]
+                with torch.no_grad():
+                    new_loss, new_kl, _ = self.surrogate_and_kl(
+                        inner_data, post_update, old, False, adapted
+                    )
+            return float(new_loss.detach()), float(new_kl.detach())
 
         seconds = {"gradient": time.perf_counter() - start}
         result = trpo_step(
@@ -121,6 +128,30 @@ class MetaLearner:
         result.seconds = {**seconds, **result.seconds}
         return result
 
+    def _adapt_by_hand(
+        self, inner_data: Sequence[LossInputs], keep: list[InnerLossCurvature] | None = None
+    ) -> tuple[Params, list[InnerStep]]:
+        """theta'_i with the inner gradients computed by hand (no autograd graph); ``keep``
+        collects each step's :class:`~maml_rl.fisher.InnerLossCurvature` for reuse."""
+        s = self.settings
+
+        def gradient(step: InnerStep) -> Params:
+            curvature = InnerLossCurvature(self.policy, step)
+            if keep is not None:
+                keep.append(curvature)
+            return curvature.gradient()
+
+        lrs = [s.inner_lr] * len(inner_data)
+        with torch.no_grad():
+            return adapt_steps(
+                self.policy,
+                self.policy.params(),
+                inner_data,
+                lrs,
+                s.inner_objective,
+                gradient=gradient,
+            )
+
     def _curvature(
         self,
         inner_data: Sequence[LossInputs],
@@ -132,22 +163,16 @@ class MetaLearner:
         product's curvature on a random subset of every batch (Schulman et al. 2015, sec. 6)."""
         s = self.settings
         theta = self.policy.params()
-        with torch.enable_grad():
-            adapted, steps = adapt_steps(
-                self.policy,
-                theta,
-                inner_data,
-                [s.inner_lr] * len(inner_data),
-                s.inner_objective,
-                create_graph=False,
-            )
-        adapted = {k: v.detach() for k, v in adapted.items()}
+        inner: list[InnerLossCurvature] = []
+        adapted, steps = self._adapt_by_hand(inner_data, inner)
         if s.first_order:
-            steps = []
+            steps, inner = [], []
         with torch.no_grad():
             loss, _, old = self.surrogate_and_kl(inner_data, post_update, None, False, adapted)
-        curvature = AdaptationCurvature(self.policy, theta, adapted, steps, post_update)
-        gradient = curvature.surrogate_gradient(post_update.advantages)
+        curvature = AdaptationCurvature(
+            self.policy, theta, adapted, steps, post_update, inner=inner
+        )
+        gradient_theta = curvature.surrogate_gradient(post_update.advantages)
         if s.cg_subsample < 1.0:
             gen = generator or torch.Generator().manual_seed(0)
             post_update_sample = subsample(post_update, s.cg_subsample, gen)
@@ -156,4 +181,4 @@ class MetaLearner:
                 for step in steps
             ]
             curvature = AdaptationCurvature(self.policy, theta, adapted, steps, post_update_sample)
-        return loss, gradient, lambda v: curvature.fisher_vector_product(v, s.cg_damping), old
+        return loss, gradient_theta, lambda v: curvature.fisher_vector_product(v, s.cg_damping), old
