@@ -81,7 +81,8 @@ def adapt_steps(
         step = InnerStep(params, data, lr, objective)
         steps.append(step)
         if gradient is not None:
-            grads = [gradient(step)[k] for k in params]
+            by_hand = gradient(step)
+            grads = [by_hand[k] for k in params]
         else:
             loss = inner_loss(policy, params, data, objective).sum()
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)

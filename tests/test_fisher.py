@@ -230,3 +230,20 @@ def test_task_group_size_keeps_a_group_in_the_cache_budget():
     assert task_group_size(20, 2000, 100, 4, cuda=True) == 20
     assert task_group_size(40, 10**6, 100, 8, cuda=False) == 1
     assert task_group_size(2, 10, 10, 4, cuda=False) == 2
+
+
+def test_adaptation_by_hand_equals_autograd_with_one_gradient_per_step():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (6, 5), "relu").double()
+    inner = [random_loss_inputs(4, 7, 3, 2, seed=s) for s in range(2)]
+    calls = []
+
+    def gradient(step):
+        calls.append(step)
+        return InnerLossCurvature(policy, step).gradient()
+
+    by_hand, steps = adapt_steps(policy, policy.params(), inner, [0.3, 0.2], gradient=gradient)
+    autograd, _ = adapt_steps(policy, policy.params(), inner, [0.3, 0.2], create_graph=False)
+    assert calls == steps and len(steps) == 2
+    for k in autograd:
+        torch.testing.assert_close(by_hand[k], autograd[k], rtol=1e-12, atol=1e-14)
