@@ -99,18 +99,11 @@ class MetaLearner:
             gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
             fvp = hessian_vector_product(kl, params, s.cg_damping)
         else:
-            loss, gradient, fvp, old = self._curvature(inner_data, post_update, generator)
+            loss, gradient, fvp, old = self.gradient_and_fvp(inner_data, post_update, generator)
 
         def evaluate() -> tuple[float, float]:
-            if s.hvp == "exact":
-                with torch.enable_grad():
-                    new_loss, new_kl, _ = self.surrogate_and_kl(inner_data, post_update, old, False)
-            else:
-                adapted = self._adapt_by_hand(inner_data)[0]
-                with torch.no_grad():
-                    new_loss, new_kl, _ = self.surrogate_and_kl(
-                        inner_data, post_update, old, False, adapted
-                    )
+            with torch.enable_grad():
+                new_loss, new_kl, _ = self.surrogate_and_kl(inner_data, post_update, old, False)
             return float(new_loss.detach()), float(new_kl.detach())
 
         seconds = {"gradient": time.perf_counter() - start}
@@ -129,17 +122,15 @@ class MetaLearner:
         return result
 
     def _adapt_by_hand(
-        self, inner_data: Sequence[LossInputs], keep: list[InnerLossCurvature] | None = None
+        self, inner_data: Sequence[LossInputs], keep: list[InnerLossCurvature]
     ) -> tuple[Params, list[InnerStep]]:
         """theta'_i with the inner gradients computed by hand (no autograd graph); ``keep``
         collects each step's :class:`~maml_rl.fisher.InnerLossCurvature` for reuse."""
         s = self.settings
 
         def gradient(step: InnerStep) -> Params:
-            curvature = InnerLossCurvature(self.policy, step)
-            if keep is not None:
-                keep.append(curvature)
-            return curvature.gradient()
+            keep.append(InnerLossCurvature(self.policy, step))
+            return keep[-1].gradient()
 
         lrs = [s.inner_lr] * len(inner_data)
         with torch.no_grad():
@@ -152,7 +143,7 @@ class MetaLearner:
                 gradient=gradient,
             )
 
-    def _curvature(
+    def gradient_and_fvp(
         self,
         inner_data: Sequence[LossInputs],
         post_update: LossInputs,

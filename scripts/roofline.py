@@ -5,7 +5,8 @@ meta-step's three kinds of work with torch's ``FlopCounterMode`` (matrix product
 ``bmm``, ``addmm``, ``baddbmm``; element-wise work is not counted, so the ratios below are upper
 bounds on how much of the time is arithmetic):
 
-* **gradient**: adapt theta -> theta'_i, the surrogate at theta', the curvature's tapes
+* **gradient**: :meth:`~maml_rl.meta_learner.MetaLearner.gradient_and_fvp`: adapt
+  theta -> theta'_i, the surrogate at theta', the curvature's tapes
   (:class:`maml_rl.fisher.AdaptationCurvature`) and the meta-gradient with respect to theta;
 * **curvature product**: one Fisher-vector product through the adaptation
   (:meth:`~maml_rl.fisher.AdaptationCurvature.fisher_vector_product`, applied ``cg_iters`` + 1
@@ -30,8 +31,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from maml_rl.adaptation import adapt_steps
-from maml_rl.fisher import AdaptationCurvature
 from maml_rl.inner_loop import adapt_on_fresh_rollouts
 from maml_rl.trainer import MAMLTrainer
 
@@ -99,7 +98,6 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
     curvature product and one line-search evaluation at ``trainer``'s preset sizes."""
     c = trainer.config
     learner = trainer.learner
-    s = learner.settings
     tasks = trainer.sample_tasks(10**6)  # a meta-batch no training iteration uses
     rollouts = adapt_on_fresh_rollouts(
         trainer.sampler,
@@ -113,27 +111,16 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
     inner = rollouts.inputs
     post_update = trainer._to_loss_inputs(rollouts.batches[-1], 0, "roofline")
     theta = learner.policy.params()
-    lrs = [s.inner_lr] * len(inner)
     state: dict[str, Any] = {}
 
     def gradient() -> None:
-        with torch.enable_grad():
-            adapted, steps = adapt_steps(
-                learner.policy, theta, inner, lrs, s.inner_objective, create_graph=False
-            )
-        adapted = {k: v.detach() for k, v in adapted.items()}
-        with torch.no_grad():
-            _loss, _kl, old = learner.surrogate_and_kl(inner, post_update, None, False, adapted)
-        curvature = AdaptationCurvature(
-            learner.policy, theta, adapted, [] if s.first_order else steps, post_update
-        )
-        curvature.surrogate_gradient(post_update.advantages)
-        state.update(curvature=curvature, old=old)
+        _loss, _gradient, fvp, old = learner.gradient_and_fvp(inner, post_update, None)
+        state.update(fvp=fvp, old=old)
 
     vector = torch.randn(sum(p.numel() for p in theta.values()), device=trainer.device)
 
     def product() -> None:
-        state["curvature"].fisher_vector_product(vector, s.cg_damping)
+        state["fvp"](vector)
 
     def evaluation() -> None:
         with torch.enable_grad():
