@@ -28,6 +28,20 @@ NONLINEARITIES = {"relu": torch.relu, "tanh": torch.tanh}
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def mlp_layers(sizes: Sequence[int], nonlinearity: str) -> nn.ModuleList:
+    """The linear layers ``sizes[0] -> sizes[1] -> ...`` of a policy MLP, Glorot-uniform weights
+    and zero biases (as rllab); ``nonlinearity`` is checked here (one clear ValueError)."""
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(
+            f"unknown nonlinearity {nonlinearity!r}; choose one of {sorted(NONLINEARITIES)}"
+        )
+    layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
+    for layer in layers:
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return layers
+
+
 def mlp_forward(
     obs: Tensor, params: Params, num_layers: int, nonlinearity: str, batched: bool
 ) -> Tensor:
@@ -73,20 +87,12 @@ class GaussianMLPPolicy(nn.Module):
         init_std: float = 1.0,
     ) -> None:
         super().__init__()
-        if nonlinearity not in NONLINEARITIES:
-            raise ValueError(
-                f"unknown nonlinearity {nonlinearity!r}; choose one of {sorted(NONLINEARITIES)}"
-            )
         if init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {init_std}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.hidden_sizes = tuple(hidden_sizes)
         self.nonlinearity = nonlinearity
-        sizes = (obs_dim, *self.hidden_sizes, act_dim)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
-        for layer in self.layers:  # Glorot-uniform weights, zero biases (as rllab)
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.layers = mlp_layers((obs_dim, *self.hidden_sizes, act_dim), nonlinearity)
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
 
     def params(self) -> Params:
@@ -174,20 +180,12 @@ class CategoricalMLPPolicy(nn.Module):
         nonlinearity: str = "relu",
     ) -> None:
         super().__init__()
-        if nonlinearity not in NONLINEARITIES:
-            raise ValueError(
-                f"unknown nonlinearity {nonlinearity!r}; choose one of {sorted(NONLINEARITIES)}"
-            )
         if num_actions < 1:
             raise ValueError(f"num_actions must be >= 1, got {num_actions}")
         self.obs_dim, self.num_actions = obs_dim, num_actions
         self.hidden_sizes = tuple(hidden_sizes)
         self.nonlinearity = nonlinearity
-        sizes = (obs_dim, *self.hidden_sizes, num_actions)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
-        for layer in self.layers:
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.layers = mlp_layers((obs_dim, *self.hidden_sizes, num_actions), nonlinearity)
 
     def params(self) -> Params:
         """The meta-parameters theta as an ordered name -> tensor dict (shared storage)."""
