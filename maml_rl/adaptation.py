@@ -9,6 +9,16 @@ but whose Hessian keeps the term from theta's effect on the pre-update sampling 
 
     L_i(theta) = -mean_{valid t,k} exp(log pi_theta - stop_grad(log pi_theta)) * A_t  ("lvc")
 
+or the DiCE objective (Foerster et al. 2018, "magic box" []x = exp(x - stop_grad(x))) over each
+episode's cumulative log-probability S_{t,k} = sum_{t' <= t} log pi(a_t',k | s_t',k):
+
+    L_i(theta) = -1/n sum_{k, t} [](S_{t,k}) (A_{t,k} - A_{t+1,k})                       ("dice")
+
+with n the valid steps and A zero past an episode's end. Its gradient is REINFORCE's (the
+increments telescope: sum_{t >= t'} (A_t - A_{t+1}) = A_t'); its Hessian adds to REINFORCE's the
+terms sum_{t1, t2} A_{max(t1, t2)} grad log pi_t1 grad log pi_t2^T of the dependence between an
+episode's steps (LVC keeps only t1 = t2). Its value is -1/n sum_k A_{0,k}, the estimate itself.
+
 All M tasks adapt at once: theta is replicated along a task dimension, one backward pass of the
 summed per-task losses gives the per-task gradients.
 """
@@ -24,7 +34,20 @@ from torch import Tensor
 from maml_rl.batch import LossInputs, task_mean
 from maml_rl.policy import MLPPolicy, Params, is_task_batched, replicate
 
-INNER_OBJECTIVES = ("reinforce", "lvc")
+INNER_OBJECTIVES = ("reinforce", "lvc", "dice")
+
+
+def dice_increments(data: LossInputs) -> Tensor:
+    """A_{t,k} - A_{t+1,k} per episode as ``[M, T, K]`` (A masked; zero past the end): DiCE's
+    per-step weights, whose reverse cumulative sum over t is the advantage."""
+    if data.episodes is None:
+        raise ValueError(
+            "the dice objective needs whole episodes in the [M, T*K] layout (LossInputs from "
+            "batch.loss_inputs); these samples were subsampled or built without it"
+        )
+    num_tasks, n = data.mask.shape
+    a = (data.advantages * data.mask).reshape(num_tasks, n // data.episodes, data.episodes)
+    return a - torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
 
 
 def inner_loss(
@@ -36,6 +59,12 @@ def inner_loss(
         weight = logp
     elif objective == "lvc":
         weight = torch.exp(logp - logp.detach())
+    elif objective == "dice":
+        num_tasks = logp.shape[0]
+        increments = dice_increments(data)
+        s = torch.cumsum((logp * data.mask).reshape(increments.shape), dim=1)
+        total = (torch.exp(s - s.detach()) * increments).sum((1, 2))
+        return -total / data.mask.reshape(num_tasks, -1).sum(-1).clamp_min(1.0)
     else:
         raise ValueError(f"unknown inner objective {objective!r}; choose one of {INNER_OBJECTIVES}")
     return -task_mean(weight * data.advantages, data.mask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -38,15 +39,24 @@ class EpisodeBatch(NamedTuple):
 
 
 class LossInputs(NamedTuple):
-    """Task-major, flattened samples for the policy-gradient losses: ``[M, N, ...]``, N = T*K."""
+    """Task-major, flattened samples for the policy-gradient losses: ``[M, N, ...]``, N = T*K,
+    sample ``t * K + k`` being step t of episode k. ``episodes`` is K when the samples are
+    whole episodes in that layout (what :func:`loss_inputs` makes; DiCE needs it), else None."""
 
     observations: Tensor
     actions: Tensor
     advantages: Tensor
     mask: Tensor
+    episodes: int | None = None
+
+    def map(self, fn: Callable[[Tensor], Tensor], keeps_episodes: bool = True) -> LossInputs:
+        """``fn`` applied to every tensor; ``keeps_episodes=False`` when ``fn`` breaks the
+        [M, T*K] episode layout (e.g. picks sample columns)."""
+        tensors = (fn(x) for x in (self.observations, self.actions, self.advantages, self.mask))
+        return LossInputs(*tensors, self.episodes if keeps_episodes else None)
 
     def to(self, device: torch.device | str) -> LossInputs:
-        return LossInputs(*(x.to(device) for x in self))
+        return self.map(lambda x: x.to(device))
 
 
 def loss_inputs(batch: EpisodeBatch, advantages_t: Tensor) -> LossInputs:
@@ -61,6 +71,7 @@ def loss_inputs(batch: EpisodeBatch, advantages_t: Tensor) -> LossInputs:
         task_major(batch.actions),
         task_major(advantages_t),
         task_major(batch.mask),
+        batch.mask.shape[2],
     )
 
 

@@ -135,6 +135,11 @@ class TrainConfig(
         )
         need(self.nonlinearity in NONLINEARITIES, "nonlinearity", f"one of {list(NONLINEARITIES)}")
         need(0 < self.cg_subsample <= 1, "cg_subsample", "must be in (0, 1]")
+        need(
+            self.cg_subsample == 1 or self.inner_objective != "dice",
+            "cg_subsample",
+            "must be 1 with inner_objective=dice: its curvature couples an episode's steps",
+        )
         need(self.hvp in HVP_METHODS, "hvp", f"one of {list(HVP_METHODS)}")
         need(
             isinstance(self.hidden_sizes, list)

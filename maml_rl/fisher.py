@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from maml_rl.adaptation import InnerStep
+from maml_rl.adaptation import InnerStep, dice_increments
 from maml_rl.batch import LossInputs
 from maml_rl.policy import (
     CategoricalMLPPolicy,
@@ -263,10 +263,14 @@ class InnerLossCurvature:
         data = step.data
         self.tape = MLPTape(policy, params, data.observations)
         self.lvc = step.objective == "lvc"
+        self.dice = step.objective == "dice"
         with torch.no_grad():
             self.head = make_head(policy, params, data.actions, self.tape.output)
             count = data.mask.sum(-1, keepdim=True).clamp_min(1.0)
             self.c = (data.advantages * data.mask / count).unsqueeze(-1)  # [M, N, 1]
+            if self.dice:
+                self.increments = dice_increments(data)  # [M, T, K]
+                self.step_weight = (data.mask / count).unsqueeze(-1)  # [M, N, 1]
             self.deltas, self.backprops = self.tape.deltas(-self.c * self.head.score_output)
 
     def select(self, tasks: slice) -> InnerLossCurvature:
@@ -301,6 +305,17 @@ class InnerLossCurvature:
                 r_logp = r_logp + (head.score_extra * r_extra).sum(-1, keepdim=True)
                 out[head.extra] = out[head.extra] - (c * r_logp * head.score_extra).sum(1)
             r_grad_output = r_grad_output - c * r_logp * head.score_output
+        if self.dice:  # - 1/n sum_t w_t grad S_t (grad S_t . v), S_t = cumulative log pi
+            r_logp = (head.score_output * r_output).sum(-1, keepdim=True)
+            if head.extra:
+                r_logp = r_logp + (head.score_extra * r_extra).sum(-1, keepdim=True)
+            shape = self.increments.shape
+            r_cumulative = torch.cumsum((r_logp * self.step_weight).reshape(shape), dim=1)
+            q = (self.increments * r_cumulative).flip(1).cumsum(1).flip(1)  # sum over t >= t'
+            q = q.reshape(shape[0], -1, 1) * (self.step_weight > 0)
+            r_grad_output = r_grad_output - q * head.score_output
+            if head.extra:
+                out[head.extra] = out[head.extra] - (q * head.score_extra).sum(1)
         r_delta = r_grad_output
         for i in range(tape.num_layers - 1, -1, -1):
             delta = self.deltas[i]
@@ -324,7 +339,7 @@ def subsample(data: LossInputs, fraction: float, generator: torch.Generator) -> 
     n = data.mask.shape[1]
     keep = max(1, round(fraction * n))
     idx = torch.randperm(n, generator=generator)[:keep].sort().values.to(data.mask.device)
-    return LossInputs(*(x[:, idx] for x in data))
+    return data.map(lambda x: x[:, idx], keeps_episodes=False)
 
 
 CACHE_BYTES = 24 * 2**20

@@ -17,6 +17,7 @@ the call created is removed again when the run stops before completing its first
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import sys
@@ -243,11 +244,17 @@ def train(
     """Start a run of ``config`` in ``run_dir`` (default ``log_dir/<generated name>``); returns
     the run folder. ``callbacks`` (:class:`TrainingCallback` objects or functions called as
     ``f(trainer, result)`` after every iteration) run after the logging ones."""
-    run_dir = (
-        Path(run_dir)
-        if run_dir
-        else Path(config.log_dir) / (config.run_name or default_run_name(config))
-    )
+    if run_dir:
+        run_dir = Path(run_dir)
+    elif config.run_name:
+        run_dir = Path(config.log_dir) / config.run_name
+    else:  # a generated name is never an existing folder (two runs started in one second)
+        name = default_run_name(config)
+        run_dir = Path(config.log_dir) / name
+        for i in itertools.count(2):
+            if not run_dir.exists():
+                break
+            run_dir = Path(config.log_dir) / f"{name}-{i}"
 
     def start() -> tuple[MAMLTrainer, bool]:
         if (run_dir / CHECKPOINT_NAME).exists():

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-INNER_OBJECTIVES = ("reinforce", "lvc")
+INNER_OBJECTIVES = ("reinforce", "lvc", "dice")
 """Inner-loop losses (:mod:`maml_rl.adaptation`)."""
 HVP_METHODS = ("gauss_newton", "exact")
 """KL-Hessian products of the meta-step's conjugate gradient (:mod:`maml_rl.meta_learner`)."""
@@ -97,7 +97,9 @@ class InnerLoopSettings:
     inner_lr: float = 0.1
     """Inner step size alpha."""
     inner_objective: str = "reinforce"
-    """``reinforce`` (paper) or ``lvc`` (ProMP's low-variance curvature objective)."""
+    """``reinforce`` (paper), ``lvc`` (ProMP's low-variance curvature objective, Rothfuss et al.
+    2019) or ``dice`` (Foerster et al. 2018: the inner Hessian also keeps the dependence between
+    an episode's steps; the curvature needs whole episodes, so ``cg_subsample`` must be 1)."""
     first_order: bool = False
     """Drop second derivatives through the inner step (first-order MAML)."""
 

@@ -108,3 +108,9 @@ def test_every_config_key_belongs_to_exactly_one_settings_group():
     keys = [f.name for g in GROUPS for f in dataclasses.fields(g)]
     assert sorted(keys) == sorted(FIELDS) and len(keys) == len(set(keys))
     assert all(doc for _, _, doc in key_docs())
+
+
+def test_dice_with_a_subsampled_fisher_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"cg_subsample.*dice"):
+        load_config("navigation", ["inner_objective=dice", "cg_subsample=0.5"])
+    assert load_config("navigation", ["inner_objective=dice"]).inner_objective == "dice"

@@ -5,7 +5,7 @@ from maml_rl.adaptation import InnerStep, adapt_steps, inner_loss
 from maml_rl.batch import LossInputs
 from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, task_group_size
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
-from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy
+from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy, replicate
 from maml_rl.trpo import flatten, hessian_vector_product, unflatten_like
 from tests.conftest import random_loss_inputs, surrogate_and_kl_by_hand
 
@@ -21,13 +21,18 @@ CASES = [
     ("tanh", "reinforce", False, 0),
     ("relu", "reinforce", False, 1),
     ("relu", "lvc", False, 2),
+    ("tanh", "dice", False, 1),
+    ("relu", "dice", False, 2),
 ]
 
 
 def _curvature_problem(nonlinearity, objective, first_order, inner_steps, group_size=None):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(3, 2, (6, 5), nonlinearity, init_std=0.7).double()
-    inner = [random_loss_inputs(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
+    # 3 steps x 2 episodes per task (task 0's episodes end after 2 steps)
+    inner = [
+        random_loss_inputs(4, 6, 3, 2, seed=s)._replace(episodes=2) for s in range(inner_steps)
+    ]
     valid = random_loss_inputs(4, 6, 3, 2, seed=100)
     settings = MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order)
     learner = MetaLearner(policy, settings)
@@ -74,13 +79,13 @@ def test_meta_gradient_equals_autograd_through_the_adaptation(
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-@pytest.mark.parametrize("objective", ["reinforce", "lvc"])
+@pytest.mark.parametrize("objective", ["reinforce", "lvc", "dice"])
 def test_inner_loss_hessian_product_equals_explicit_hessian(nonlinearity, objective):
     """H_in v per task against the explicit Hessian of that task's inner loss (autograd's
     ``hessian`` of the loss as a function of the flat parameters)."""
     torch.manual_seed(1)
     policy = GaussianMLPPolicy(3, 2, (4, 3), nonlinearity, init_std=0.8).double()
-    data = random_loss_inputs(2, 9, 3, 2, seed=5)
+    data = random_loss_inputs(2, 9, 3, 2, seed=5)._replace(episodes=3)  # 3 steps x 3 episodes
     names = list(policy.params())
     like = [policy.params()[k] for k in names]
     theta = flatten([p.detach() for p in like])
@@ -102,7 +107,7 @@ def test_inner_loss_hessian_product_equals_explicit_hessian(nonlinearity, object
     for k, g in zip(params, expected):
         torch.testing.assert_close(curvature.gradient()[k], g, rtol=1e-12, atol=1e-14)
     for task in range(2):
-        one = LossInputs(*(x[task : task + 1] for x in data))
+        one = data.map(lambda x, task=task: x[task : task + 1])
 
         def loss(flat, one=one):
             params = {k: t.unsqueeze(0) for k, t in zip(names, unflatten_like(flat, like))}
@@ -148,8 +153,8 @@ def test_float32_meta_step_matches_the_float64_reference():
         [random_loss_inputs(4, 50, 3, 2, seed=1)],
         random_loss_inputs(4, 50, 3, 2, seed=2),
     )
-    inner32 = [type(d)(*(x.float() for x in d)) for d in inner64]
-    valid32 = type(valid64)(*(x.float() for x in valid64))
+    inner32 = [d.map(lambda x: x.float()) for d in inner64]
+    valid32 = valid64.map(lambda x: x.float())
     v = torch.randn(exact_size(policy64), dtype=D, generator=torch.Generator().manual_seed(3))
     products = []
     for policy, inner, valid in ((policy64, inner64, valid64), (policy32, inner32, valid32)):
@@ -247,3 +252,53 @@ def test_adaptation_by_hand_equals_autograd_with_one_gradient_per_step():
     assert calls == steps and len(steps) == 2
     for k in autograd:
         torch.testing.assert_close(by_hand[k], autograd[k], rtol=1e-12, atol=1e-14)
+
+
+def test_dice_gradient_is_reinforces_and_its_hessian_adds_the_cross_terms():
+    """By hand on one task, 3 steps x 2 episodes (episode 1 ends after 2 steps): DiCE's value
+    is -1/n sum_k A_0k, its gradient REINFORCE's, and its Hessian REINFORCE's plus
+    -1/n sum_k sum_{t1,t2} A_{max(t1,t2),k} g_{t1,k} g_{t2,k}^T, g = grad log pi."""
+    torch.manual_seed(3)
+    policy = GaussianMLPPolicy(2, 1, (3,), "tanh", init_std=0.9).double()
+    data = random_loss_inputs(1, 6, 2, 1, seed=7)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]], dtype=D)  # sample t*2 + k
+    data = data._replace(mask=mask, episodes=2)
+    names = list(policy.params())
+    like = [policy.params()[k] for k in names]
+    theta = flatten([p.detach() for p in like])
+
+    def params_of(flat):
+        return {k: t.unsqueeze(0) for k, t in zip(names, unflatten_like(flat, like))}
+
+    def loss(flat, objective):
+        return inner_loss(policy, params_of(flat), data, objective).sum()
+
+    n = 5.0
+    advantages = data.advantages[0] * mask[0]
+    assert float(loss(theta, "dice")) == pytest.approx(-(advantages[0] + advantages[1]) / n)
+    g_dice = torch.func.grad(lambda f: loss(f, "dice"))(theta)
+    torch.testing.assert_close(g_dice, torch.func.grad(lambda f: loss(f, "reinforce"))(theta))
+
+    def logp(flat):  # [6] per-sample log-probabilities
+        return policy.log_prob(data.actions, policy(data.observations, params_of(flat)))[0]
+
+    per_sample = torch.autograd.functional.jacobian(logp, theta)  # [6, P]
+    cross = torch.zeros(theta.numel(), theta.numel(), dtype=D)
+    for k in range(2):
+        for t1 in range(3):
+            for t2 in range(3):
+                i, j = t1 * 2 + k, t2 * 2 + k
+                if mask[0, i] and mask[0, j]:
+                    a = advantages[max(t1, t2) * 2 + k]
+                    cross += a * torch.outer(per_sample[i], per_sample[j])
+    hessian_dice = torch.autograd.functional.hessian(lambda f: loss(f, "dice"), theta)
+    hessian_reinforce = torch.autograd.functional.hessian(lambda f: loss(f, "reinforce"), theta)
+    assert (hessian_dice - hessian_reinforce).abs().max() > 1e-3  # the terms are there
+    torch.testing.assert_close(hessian_dice, hessian_reinforce - cross / n)
+
+
+def test_dice_refuses_samples_without_their_episodes():
+    policy = GaussianMLPPolicy(2, 1, (3,), "tanh").double()
+    data = random_loss_inputs(1, 6, 2, 1, seed=7)
+    with pytest.raises(ValueError, match="whole episodes"):
+        inner_loss(policy, replicate(policy.params(), 1), data, "dice")

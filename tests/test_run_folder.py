@@ -247,3 +247,14 @@ def test_training_stops_with_a_checkpoint_when_rewards_are_unusable(
     with pytest.raises(UnusableBatchError, match=f"iteration 3, inner step 1 batch: .*{message}"):
         train(_config(num_iterations=5, checkpoint_every=10), tmp_path / "run", stdout=False)
     assert load_checkpoint(tmp_path / "run")["iteration"] == 2
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    from maml_rl import run
+
+    monkeypatch.setattr(run, "default_run_name", lambda config: "same-second")
+    config = _config(num_iterations=1, log_dir=str(tmp_path))
+    first = run.train(config, stdout=False)
+    second = run.train(config, stdout=False)
+    assert first.name == "same-second" and second.name == "same-second-2"
+    assert (first / "checkpoint.pt").exists() and (second / "checkpoint.pt").exists()
