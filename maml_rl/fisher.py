@@ -1,14 +1,15 @@
-"""Curvature of the MAML-TRPO meta-step by hand-written passes through the Gaussian MLP.
+"""Curvature of the MAML-TRPO meta-step by hand-written passes through the MLP policies.
 
 At the current theta, pi_old' = pi_theta', so the Hessian of the mean KL(pi_old' || pi_theta')
 is exactly the Gauss-Newton matrix
 
     H = J^T F J,      J = d(mu, log sigma)/d theta  (through the inner loop),
 
-with F the Gaussian's Fisher information in its outputs: 1/sigma^2 for each mean coordinate and 2
-for each log-std coordinate, weighted like the KL average (Martens 2014; Schulman et al. 2015,
-appendix C). The Jacobian of the inner step theta' = theta - alpha * grad L_in(theta) is
-I - alpha * H_in, so per task
+with F the policy distribution's Fisher information in its outputs (Gaussian: 1/sigma^2 for
+each mean coordinate and 2 for each log-std coordinate; categorical: diag(p) - p p^T on the
+logits), weighted like the KL average (Martens 2014; Schulman et al. 2015, appendix C). The
+Jacobian of the inner step theta' = theta - alpha * grad L_in(theta) is I - alpha * H_in, so
+per task
 
     J v = J_out (I - alpha H_in) v,        J^T z = (I - alpha H_in) J_out^T z,
 
@@ -18,16 +19,20 @@ step, applied in reverse order; H_in is symmetric).
 Every product here is computed by explicit passes over activations cached once per meta-step
 (:class:`MLPTape`): J_out u is a forward-mode (R-op) pass, J_out^T z an ordinary backward pass
 and H_in v Pearlmutter's (1994) R-op of the backward pass, which keeps the second-derivative
-terms of the network (W-W cross terms; tanh'') and of the Gaussian log-likelihood. This is the
-same arithmetic as reverse-over-reverse autograd without its graph bookkeeping, extra element-
-wise passes and copies; ``tests/test_fisher.py`` checks every product against double-backward
-autograd (:func:`maml_rl.trpo.hessian_vector_product` of the KL through the adaptation).
+terms of the network (W-W cross terms; tanh''), of the log-likelihood (the distribution heads)
+and of the inner objective (LVC's and DiCE's score products). This is the same arithmetic as
+reverse-over-reverse autograd (the same FLOPs) without its graph bookkeeping, extra element-wise
+passes and copies; on a CPU the tasks are processed in small groups whose intermediates stay in
+cache. ``tests/test_fisher.py`` checks every product against double-backward autograd
+(:func:`maml_rl.trpo.hessian_vector_product` of the KL through the adaptation) and explicit
+Hessians.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -44,6 +49,8 @@ from maml_rl.policy import (
 )
 from maml_rl.trpo import flatten, unflatten_like
 
+_T = TypeVar("_T")
+
 
 def _weight(layer: int) -> str:
     return f"layers.{layer}.weight"
@@ -53,7 +60,7 @@ def _bias(layer: int) -> str:
     return f"layers.{layer}.bias"
 
 
-def _select(obj, tasks: slice):
+def _select(obj: _T, tasks: slice) -> _T:
     """A shallow copy of ``obj`` whose tensors (and lists of tensors, and objects with a
     ``select``) keep only the tasks ``tasks`` of their leading dimension: views, no copies."""
     out = copy.copy(obj)
