@@ -18,7 +18,7 @@ import torch
 from maml_rl.config import TrainConfig
 from maml_rl.family import ActionMapping, TaskFamily
 from maml_rl.inner_loop import fine_tune, step_sizes
-from maml_rl.policy import GaussianMLPPolicy, Params
+from maml_rl.policy import MLPPolicy, Params, is_task_batched
 from maml_rl.seeding import derive_seed
 from maml_rl.settings import AdvantageSettings
 
@@ -30,11 +30,14 @@ def make_env(config: TrainConfig, task: Any = None) -> gym.Env:
 
 
 def actions_for_env(
-    policy_actions: np.ndarray, action_space: gym.spaces.Box, normalize_actions: bool
+    policy_actions: np.ndarray,
+    action_space: gym.spaces.Box | gym.spaces.Discrete,
+    normalize_actions: bool,
 ) -> np.ndarray:
-    """What the sampler sends to the env for the policy's actions: with ``normalize_actions``
-    the policy's [-1, 1]^d mapped onto the Box (rllab's ``normalize``,
-    :class:`~maml_rl.family.ActionMapping`), otherwise clipped to the Box."""
+    """What the sampler sends to the env for the policy's actions
+    (:class:`~maml_rl.family.ActionMapping`): for a Box, with ``normalize_actions`` the
+    policy's [-1, 1]^d mapped onto the Box (rllab's ``normalize``), otherwise clipped to the
+    Box; for a Discrete, the categorical policy's indices plus the space's ``start``."""
     to_env = ActionMapping(action_space, normalize_actions)
     return to_env(policy_actions).astype(action_space.dtype)
 
@@ -47,10 +50,10 @@ class AdaptedPolicy:
     policy before adaptation).
     """
 
-    policy: GaussianMLPPolicy
+    policy: MLPPolicy
     params: Params
     config: TrainConfig
-    action_space: gym.spaces.Box
+    action_space: gym.spaces.Box | gym.spaces.Discrete
     returns: list[float] = field(default_factory=list)
 
     def act(
@@ -59,25 +62,38 @@ class AdaptedPolicy:
         deterministic: bool = True,
         rng: np.random.Generator | None = None,
     ) -> np.ndarray:
-        """The env action for ``observation`` (``[obs_dim]`` or ``[N, obs_dim]``): the policy's
-        mean (``deterministic``) or a Gaussian sample drawn with ``rng``, mapped onto the action
-        space as in training (:func:`actions_for_env`)."""
+        """The env action for ``observation`` (``[obs_dim]`` or ``[N, obs_dim]``), mapped onto
+        the action space as in training (:func:`actions_for_env`).
+
+        Box: the policy's mean (``deterministic``) or a Gaussian sample drawn with ``rng``.
+        Discrete: the most likely action (``deterministic``) or a categorical sample drawn with
+        ``rng`` (Gumbel-max, as the sampler draws it); an integer, or ``[N]`` integers.
+        """
         obs = torch.as_tensor(np.asarray(observation), dtype=torch.float32)
         single = obs.dim() == 1
         batch = obs.reshape(1, -1, obs.shape[-1])  # [task = 1, N, obs_dim]
         with torch.no_grad():
-            mean, log_std = self.policy(batch, self.params)
-        u = mean.reshape(-1, mean.shape[-1]).numpy()
-        if not deterministic:
-            rng = rng if rng is not None else np.random.default_rng()
-            std = log_std.exp().reshape(-1, mean.shape[-1]).numpy()
-            u = u + std * rng.standard_normal(u.shape).astype(np.float32)
+            output = self.policy(batch, self.params)
+        if not deterministic and rng is None:
+            rng = np.random.default_rng()
+        if isinstance(output, tuple):  # Gaussian: (mean, log_std)
+            mean, log_std = output
+            u = mean.reshape(-1, mean.shape[-1]).numpy()
+            if rng is not None and not deterministic:
+                std = log_std.exp().reshape(-1, mean.shape[-1]).numpy()
+                u = u + std * rng.standard_normal(u.shape).astype(np.float32)
+        else:  # categorical: logits
+            logits = output.reshape(-1, output.shape[-1]).numpy()
+            if rng is not None and not deterministic:
+                uniform = np.maximum(rng.random(logits.shape), np.finfo(np.float64).tiny)
+                logits = logits - np.log(-np.log(uniform))
+            u = logits.argmax(-1)
         action = actions_for_env(u, self.action_space, self.config.normalize_actions)
         return action[0] if single else action
 
 
 def adapt(
-    policy: GaussianMLPPolicy,
+    policy: MLPPolicy,
     config: TrainConfig,
     task: Any,
     num_steps: int = 1,
@@ -112,7 +128,7 @@ def adapt(
     )
     returns = [float(batch.episode_returns.double().mean()) for batch in run.batches]
     params = run.params[-1]
-    if params["log_std"].dim() == 1:  # no step taken: give the parameters a task dimension
+    if not is_task_batched(params):  # no step taken: give the parameters a task dimension
         params = {name: p.unsqueeze(0) for name, p in params.items()}
     space = family.action_space
     family.close()

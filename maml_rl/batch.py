@@ -14,7 +14,9 @@ class EpisodeBatch(NamedTuple):
 
     Attributes:
         observations: ``[T, M, K, obs_dim]`` observation s_t before the action, 0 at padded steps.
-        actions: ``[T, M, K, act_dim]`` the sampled (unclipped) Gaussian actions, 0 at padded steps.
+        actions: ``[T, M, K, act_dim]`` float32, the sampled (unclipped) Gaussian actions of a
+            Box action space, or ``[T, M, K]`` int64, the sampled indices 0..n-1 of a Discrete
+            one (without the space's ``start``); 0 at padded steps.
         rewards: ``[T, M, K]`` r_t, 0 at padded steps.
         mask: ``[T, M, K]`` 1.0 at valid steps, 0.0 after an episode ended.
         episode_returns: ``[M, K]`` undiscounted return of each episode.

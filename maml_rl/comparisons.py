@@ -8,7 +8,8 @@
   :func:`maml_rl.evaluation.random_policy`).
 * ``oracle``: stable-baselines3 PPO on observations with the task parameters
   (``task.as_array()``) appended, a new task drawn from the family at every reset; evaluated
-  on the test tasks without adaptation.
+  on the test tasks without adaptation. A Gaussian policy for Box actions, a categorical one
+  for Discrete actions (the bandit's arm probabilities, the tabular MDP's tables appended).
 
 A baseline run folder holds ``config.yaml`` (the family's :class:`TrainConfig`) and
 ``baseline.yaml`` (``kind`` and the training budget); ``load_method`` in
@@ -144,10 +145,15 @@ def make_oracle_env(config: TrainConfig, index: int = 0, task: Any = None) -> gy
     family = TaskFamily.from_config(config)
     rng = np.random.default_rng(derive_seed(config.seed, index, ORACLE_TASKS))
     env = family.make_env()
-    if config.normalize_actions:  # PPO acts in [-1, 1]^d, as the meta-learned policies
-        low = env.action_space.low
-        to_env = family.action_mapping(env.action_space)
-        unit = gym.spaces.Box(-1.0, 1.0, low.shape, env.action_space.dtype)
+    space = env.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        if space.start != 0:  # PPO's categorical acts in 0..n-1, as the meta-learned policies
+            to_env = family.action_mapping(space)
+            env = gym.wrappers.TransformAction(env, to_env, gym.spaces.Discrete(int(space.n)))
+    elif config.normalize_actions:  # PPO acts in [-1, 1]^d, as the meta-learned policies
+        low = space.low
+        to_env = family.action_mapping(space)
+        unit = gym.spaces.Box(-1.0, 1.0, low.shape, space.dtype)
         env = gym.wrappers.TransformAction(env, lambda u: to_env(u).astype(low.dtype), unit)
     return TaskObservationWrapper(env, rng=rng, task=task)
 

@@ -26,7 +26,7 @@ import torch
 from maml_rl.config import TrainConfig
 from maml_rl.family import TaskFamily
 from maml_rl.inner_loop import fine_tune, step_sizes
-from maml_rl.policy import GaussianMLPPolicy, Params
+from maml_rl.policy import MLPPolicy, Params
 from maml_rl.report import (
     EvalSettings,
     EvaluationReport,
@@ -62,7 +62,7 @@ def rollout_seed(seed: int, step: int) -> int:
 
 
 def adapt_and_evaluate(
-    policy: GaussianMLPPolicy,
+    policy: MLPPolicy,
     config: TrainConfig,
     tasks: Sequence[Any],
     settings: EvalSettings,
@@ -98,7 +98,7 @@ def adapt_and_evaluate(
     return np.stack(returns), schedule, rollouts, run.params
 
 
-def random_policy(config: TrainConfig) -> GaussianMLPPolicy:
+def random_policy(config: TrainConfig) -> MLPPolicy:
     """An untrained policy: the initialisation a run with this config starts from."""
     family = TaskFamily.from_config(config)
     try:
@@ -117,7 +117,7 @@ class Method:
     """``maml``, ``pretrained``, ``random`` or ``oracle``."""
     source: str
     config: TrainConfig
-    policy: GaussianMLPPolicy | None = None
+    policy: MLPPolicy | None = None
     oracle: Any = None
     """A stable-baselines3 model taking observation + task parameters."""
     deterministic: bool = False

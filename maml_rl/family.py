@@ -8,8 +8,9 @@ methods, the Python API and videos. A family is a small picklable value; it buil
 demand (:meth:`TaskFamily.make_env`, :meth:`TaskFamily.make_batched_env`).
 
 The action mapping (:class:`ActionMapping`) turns the policy's actions into env actions the
-same way everywhere: with ``normalize_actions`` rllab's ``normalize`` (the policy's [-1, 1]^d
-mapped onto the Box), otherwise a clip to the Box's bounds.
+same way everywhere: for a ``Box``, with ``normalize_actions`` rllab's ``normalize`` (the
+policy's [-1, 1]^d mapped onto the Box), otherwise a clip to the Box's bounds; for a
+``Discrete(n, start)``, the categorical policy's index a in {0, ..., n-1} becomes a + start.
 """
 
 from __future__ import annotations
@@ -140,23 +141,43 @@ def unnormalize_actions(u: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.
 
 
 class ActionMapping:
-    """Policy actions -> env actions for a Box action space.
+    """Policy actions -> env actions for a ``Box`` or a ``Discrete`` action space.
 
-    With ``normalize_actions``: :func:`unnormalize_actions` (the policy acts in [-1, 1]^d; the
-    space must be bounded). Without: clipped to [low, high] when both bounds are finite, sent as
-    they are otherwise. The result keeps the input's dtype (no cast).
+    ``Box``: with ``normalize_actions``, :func:`unnormalize_actions` (the policy acts in
+    [-1, 1]^d; the space must be bounded). Without: clipped to [low, high] when both bounds are
+    finite, sent as they are otherwise. The result keeps the input's dtype (no cast).
+
+    ``Discrete(n, start)``: the categorical policy's indices a in {0, ..., n-1} (int64) become
+    a + start, as int64; ``normalize_actions`` means nothing there and is ignored.
+
+    :attr:`shape` and :attr:`dtype` describe one policy action (what a rollout buffers per
+    sub-env): ``(d,)`` float32 for a Box, ``()`` int64 for a Discrete.
     """
 
-    def __init__(self, space: gym.spaces.Box, normalize_actions: bool, env_id: str = "") -> None:
+    def __init__(
+        self, space: gym.spaces.Box | gym.spaces.Discrete, normalize_actions: bool, env_id: str = ""
+    ) -> None:
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        if self.discrete:
+            self.start = int(space.start)
+            self.normalize = self.bounded = False
+            self.shape: tuple[int, ...] = ()
+            self.dtype = np.dtype(np.int64)
+            return
         self.low, self.high = space.low, space.high
         self.normalize = bool(normalize_actions)
         self.bounded = bool(np.isfinite(self.low).all() and np.isfinite(self.high).all())
+        self.shape = (int(space.shape[0]),)
+        self.dtype = np.dtype(np.float32)
         if self.normalize and not self.bounded:
             raise ValueError(
                 f"normalize_actions needs a bounded action space; {env_id or 'the env'} has {space}"
             )
 
     def __call__(self, u: np.ndarray) -> np.ndarray:
+        if self.discrete:
+            indices = np.asarray(u, dtype=np.int64)
+            return indices + self.start if self.start else indices
         if self.normalize:
             return unnormalize_actions(u, self.low, self.high)
         return np.clip(u, self.low, self.high) if self.bounded else u
@@ -182,7 +203,7 @@ class TaskFamily:
         env_kwargs: keyword arguments of every env of the family.
         horizon: H, the configured ``max_episode_steps`` or the id's registered one.
         max_episode_steps: the configured horizon (None: the registered one is used).
-        normalize_actions: see :class:`ActionMapping`.
+        normalize_actions: see :class:`ActionMapping` (Box action spaces only).
         imports: modules to import before the id is known (Ray workers re-import them).
     """
 
@@ -279,7 +300,7 @@ class TaskFamily:
     def action_space(self) -> gym.Space:
         return self.prototype.action_space
 
-    def action_mapping(self, space: gym.spaces.Box | None = None) -> ActionMapping:
+    def action_mapping(self, space: gym.spaces.Space | None = None) -> ActionMapping:
         """Policy actions -> env actions for ``space`` (default: the family's action space)."""
         return ActionMapping(space or self.action_space, self.normalize_actions, self.env_id)
 

@@ -20,7 +20,7 @@ from maml_rl.adaptation import adapt
 from maml_rl.advantages import checked_advantages
 from maml_rl.batch import EpisodeBatch, LossInputs, loss_inputs
 from maml_rl.family import TaskFamily
-from maml_rl.policy import GaussianMLPPolicy, Params
+from maml_rl.policy import MLPPolicy, Params
 from maml_rl.sampler import Sampler, VectorSampler
 from maml_rl.settings import AdvantageSettings
 
@@ -35,7 +35,7 @@ def batch_loss_inputs(batch: EpisodeBatch, settings: AdvantageSettings, what: st
 
 
 def gradient_step(
-    policy: GaussianMLPPolicy, params: Params, data: LossInputs, lr: float, objective: str
+    policy: MLPPolicy, params: Params, data: LossInputs, lr: float, objective: str
 ) -> Params:
     """One inner policy-gradient step from ``params`` on ``data`` (no graph kept)."""
     leaf = {name: p.detach().requires_grad_(True) for name, p in params.items()}
@@ -101,7 +101,7 @@ def adapt_on_fresh_rollouts(
 
 
 def fine_tune(
-    policy: GaussianMLPPolicy,
+    policy: MLPPolicy,
     family: TaskFamily,
     tasks: Sequence[Any],
     schedule: Sequence[float],

@@ -244,6 +244,12 @@ def detach_output(output: PolicyOutput) -> PolicyOutput:
     return tuple(t.detach() for t in output) if isinstance(output, tuple) else output.detach()
 
 
+def most_likely_action(output: PolicyOutput) -> Tensor:
+    """The mode of pi(.|s) from a forward's output: the Gaussian's mean ``[..., act_dim]``, or
+    the categorical's most likely index ``argmax_a z_a`` ``[...]`` (int64)."""
+    return output[0] if isinstance(output, tuple) else output.argmax(-1)
+
+
 def policy_class_for(action_space: gym.Space) -> type[GaussianMLPPolicy | CategoricalMLPPolicy]:
     """The policy class for a Gymnasium action space: a 1-D ``Box`` takes
     :class:`GaussianMLPPolicy` (output size ``shape[0]``), a ``Discrete`` takes

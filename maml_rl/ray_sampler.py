@@ -35,7 +35,7 @@ import torch
 from maml_rl.batch import EpisodeBatch, episode_batch
 from maml_rl.errors import RunFailure
 from maml_rl.family import TaskFamily
-from maml_rl.policy import GaussianMLPPolicy, Params
+from maml_rl.policy import MLPPolicy, Params
 from maml_rl.sampler import VectorSampler
 from maml_rl.seeding import task_seeds
 
@@ -144,7 +144,7 @@ class SamplerWorker:
     def __init__(
         self,
         family: TaskFamily,
-        policy: GaussianMLPPolicy,
+        policy: MLPPolicy,
         num_threads: int | None,
         hook: Callable[[list[int]], None] | None = None,
     ) -> None:
@@ -195,7 +195,7 @@ class RaySampler:
     def __init__(
         self,
         family: TaskFamily,
-        policy: GaussianMLPPolicy,
+        policy: MLPPolicy,
         num_threads: int | None = None,
         *,
         num_workers: int = 2,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from maml_rl.policy import GaussianMLPPolicy, Params
+from maml_rl.policy import MLPPolicy, Params
 
 TEST_TASK_SOURCES = ("seeded", "authors")
 
@@ -70,7 +70,7 @@ class MethodResult:
     step_sizes: list[float] = field(default_factory=list)
     rollouts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
     """Per step: observations ``[T, N, K, obs_dim]`` and mask ``[T, N, K]`` (when kept)."""
-    policy: GaussianMLPPolicy | None = field(default=None, repr=False)
+    policy: MLPPolicy | None = field(default=None, repr=False)
     params: list[Params] = field(default_factory=list, repr=False)
     """Per step j: the parameters the rollouts of step j were sampled with (when kept)."""
 

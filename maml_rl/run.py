@@ -34,7 +34,7 @@ from maml_rl.config import TrainConfig, from_dict
 from maml_rl.family import TaskFamily
 from maml_rl.files import LOCK_NAME, atomic_write_text, lock_run_folder, remove_stale_temporaries
 from maml_rl.logger import ITERATION_KEY, log_config, make_logger, truncate_progress
-from maml_rl.policy import GaussianMLPPolicy
+from maml_rl.policy import MLPPolicy
 from maml_rl.settings import PolicySettings
 from maml_rl.trainer import IterationResult, MAMLTrainer, make_policy
 
@@ -377,7 +377,7 @@ def _iteration_of(run_dir: Path) -> int:
 
 
 # -- results ------------------------------------------------------------------------------------
-def load_policy(path: str | Path) -> tuple[GaussianMLPPolicy, TrainConfig]:
+def load_policy(path: str | Path) -> tuple[MLPPolicy, TrainConfig]:
     """The trained policy and config of a run folder or checkpoint file."""
     state = load_checkpoint(path)
     config = from_dict(state["config"]).validate()

@@ -6,7 +6,9 @@ samplers (training and evaluation rollouts) and the oracle's evaluation use it.
 
 :class:`VectorSampler` serves M tasks x K episodes from one batched environment: one policy
 forward per time step serves every sub-environment (per-task parameters carry a leading task
-dimension), and the environment steps all M*K sub-environments at once. The sampler is an
+dimension), and the environment steps all M*K sub-environments at once. Actions are drawn
+from pre-drawn per-task noise: Gaussian noise for a ``Box`` (Gaussian policy), Gumbel noise for
+a ``Discrete`` (categorical policy, Gumbel-max). The sampler is an
 interface (:class:`Sampler`); :func:`maml_rl.trainer.make_sampler` builds the back-end a config
 names (this one, or Ray workers: :mod:`maml_rl.ray_sampler`), both giving the same batches.
 """
@@ -23,7 +25,7 @@ import torch
 
 from maml_rl.batch import EpisodeBatch, episode_batch
 from maml_rl.family import ActionMapping, TaskFamily, reset_with_tasks
-from maml_rl.policy import GaussianMLPPolicy, Params
+from maml_rl.policy import MLPPolicy, Params, is_task_batched
 from maml_rl.seeding import episode_seeds, task_seeds
 
 
@@ -38,6 +40,25 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def gaussian_noise(horizon: int, episodes: int, act_dim: int, seed: int) -> torch.Tensor:
+    """Standard normal noise eps ``[horizon, episodes, act_dim]`` float32 from ``torch.randn`` of
+    a generator seeded with ``seed``: ``mu + sigma * eps[t, k]`` is the Gaussian draw of step t
+    of episode k."""
+    return torch.randn(
+        horizon, episodes, act_dim, generator=torch.Generator().manual_seed(int(seed))
+    )
+
+
+def gumbel_noise(horizon: int, episodes: int, num_actions: int, seed: int) -> torch.Tensor:
+    """Standard Gumbel noise g = -log(-log u), u ~ U(0, 1), ``[horizon, episodes, num_actions]``
+    float32, from ``torch.rand`` of a generator seeded with ``seed`` (u is raised to the
+    smallest normal float32 so that u = 0 gives a finite g). ``argmax(logits + g[t, k])`` is a
+    sample of softmax(logits): the categorical draw of step t of episode k."""
+    generator = torch.Generator().manual_seed(int(seed))
+    u = torch.rand(horizon, episodes, num_actions, generator=generator)
+    return -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
 
 
 class Sampler(Protocol):
@@ -55,11 +76,12 @@ class Episodes(NamedTuple):
 
     ``observations`` and ``actions`` (the policy's, before the action mapping) are zero and
     ``rewards`` are zero at padded steps (after an episode ended), ``mask`` is 1 at valid steps.
-    ``rewards`` are float64, as the env returned them.
+    ``rewards`` are float64, as the env returned them. ``actions`` have the action mapping's
+    shape and dtype: ``[T, n, act_dim]`` float32 (Box) or ``[T, n]`` int64 indices (Discrete).
     """
 
     observations: np.ndarray  # [T, n, obs_dim] float32
-    actions: np.ndarray  # [T, n, act_dim] float32
+    actions: np.ndarray  # [T, n, act_dim] float32, or [T, n] int64
     rewards: np.ndarray  # [T, n] float64
     mask: np.ndarray  # [T, n] float32
 
@@ -76,15 +98,14 @@ def run_episodes(
     ``seeds[i]``, for at most ``horizon`` steps or until every episode has ended.
 
     ``act(t, observations)`` gets the float32 observations ``[n, obs_dim]`` of step t and
-    returns the policy's actions ``[n, act_dim]``; ``to_env`` maps them onto the env's action
-    space. Steps after an episode ended hold zeros, so a sub-env's rows do not depend on how long
-    the others ran.
+    returns the policy's actions, ``[n, *to_env.shape]`` (``[n, act_dim]`` for a Box, ``[n]``
+    indices for a Discrete); ``to_env`` maps them onto the env's action space. Steps after an
+    episode ended hold zeros, so a sub-env's rows do not depend on how long the others ran.
     """
     n = len(tasks)
     obs_dim = env.single_observation_space.shape[0]
-    act_dim = env.single_action_space.shape[0]
     obs_buf = np.zeros((horizon, n, obs_dim), dtype=np.float32)
-    act_buf = np.zeros((horizon, n, act_dim), dtype=np.float32)
+    act_buf = np.zeros((horizon, n, *to_env.shape), dtype=to_env.dtype)
     rew_buf = np.zeros((horizon, n), dtype=np.float64)
     mask_buf = np.zeros((horizon, n), dtype=np.float32)
     finished = np.zeros(n, dtype=bool)
@@ -102,7 +123,7 @@ def run_episodes(
             break
     padded = mask_buf[:steps] == 0
     obs_buf[:steps][padded] = 0.0
-    act_buf[:steps][padded] = 0.0
+    act_buf[:steps][padded] = 0
     return Episodes(obs_buf[:steps], act_buf[:steps], rew_buf[:steps], mask_buf[:steps])
 
 
@@ -110,14 +131,17 @@ class VectorSampler:
     """Samples with one batched env of M*K sub-envs; sub-env m*K + k runs episode k of task m.
 
     Args:
-        family: the resolved task family (env id, kwargs, horizon H, action mapping: the policy
-            acts in [-1, 1]^d mapped onto the Box with ``normalize_actions``, else clipped).
-        policy: the policy architecture; parameters come with every :meth:`sample` call.
+        family: the resolved task family (env id, kwargs, horizon H, action mapping: for a Box
+            the policy acts in [-1, 1]^d mapped onto the Box with ``normalize_actions``, else
+            clipped; for a Discrete its indices are shifted by the space's ``start``).
+        policy: the policy architecture (:class:`~maml_rl.policy.GaussianMLPPolicy` for a Box,
+            :class:`~maml_rl.policy.CategoricalMLPPolicy` for a Discrete); parameters come with
+            every :meth:`sample` call.
         num_threads: physics threads of the batched env (None: the env's default).
     """
 
     def __init__(
-        self, family: TaskFamily, policy: GaussianMLPPolicy, num_threads: int | None = None
+        self, family: TaskFamily, policy: MLPPolicy, num_threads: int | None = None
     ) -> None:
         self.family = family
         self.policy = policy
@@ -136,10 +160,17 @@ class VectorSampler:
         """Run K = ``episodes_per_task`` episodes of each task until all have ended.
 
         ``params`` are the policy parameters, unbatched (one policy for all tasks) or with a
-        leading task dimension of size M = len(tasks). Actions are Gaussian samples, clipped to
-        the action space (or mapped onto it, see ``normalize_actions``) when sent to the env;
-        the batch stores the unclipped samples. Task m's randomness (its sub-envs' initial
-        states and its action noise) comes from ``task_seeds(seed, M)[m]`` alone.
+        leading task dimension of size M = len(tasks). Task m's randomness (its sub-envs'
+        initial states and its action noise) comes from ``task_seeds(seed, M)[m]`` alone.
+
+        Box actions are Gaussian samples a = mu + sigma * eps, clipped to the action space (or
+        mapped onto it, see ``normalize_actions``) when sent to the env; the batch stores the
+        unclipped samples ``[T, M, K, act_dim]`` (float32). Discrete actions are categorical
+        samples by the Gumbel-max trick, a = argmax_b (z_b + g_b) with z the logits and
+        g_b = -log(-log u_b), u_b ~ U(0, 1), which is distributed as softmax(z); the batch
+        stores the indices a ``[T, M, K]`` (int64), the env gets a + ``action_space.start``.
+        Either way the noise (eps ``[T, K, act_dim]`` or u ``[T, K, n]``) of task m is drawn
+        up front from one generator seeded with its task seed.
         """
         return self.sample_shard(tasks, params, episodes_per_task, task_seeds(seed, len(tasks)))
 
@@ -164,9 +195,9 @@ class VectorSampler:
             raise ValueError(f"need at least one task and one episode, got {num_tasks} and {k}")
         if len(seeds) != num_tasks:
             raise ValueError(f"got {len(seeds)} task seeds for {num_tasks} tasks")
-        if params["log_std"].dim() == 2 and params["log_std"].shape[0] != num_tasks:
+        if is_task_batched(params) and params["layers.0.weight"].shape[0] != num_tasks:
             raise ValueError(
-                f"params carry {params['log_std'].shape[0]} task sets for {num_tasks} tasks"
+                f"params carry {params['layers.0.weight'].shape[0]} task sets for {num_tasks} tasks"
             )
         rows = list(range(num_tasks)) if shard is None else [int(i) for i in shard]
         if not rows or min(rows) < 0 or max(rows) >= num_tasks:
@@ -177,34 +208,49 @@ class VectorSampler:
         env = self._env(n)
         to_env = self.family.action_mapping(env.single_action_space)
         obs_dim = env.single_observation_space.shape[0]
-        act_dim = env.single_action_space.shape[0]
         cpu_params = {
             name: p.detach().to("cpu", torch.float32).clone() for name, p in params.items()
         }
-        # all of an episode's action noise up front, one generator per task: [T, m, K, act]
-        noise = torch.stack(
-            [
-                torch.randn(
-                    self.horizon, k, act_dim, generator=torch.Generator().manual_seed(int(seeds[i]))
-                )
-                for i in rows
-            ],
-            dim=1,
-        )
         slots = torch.zeros(num_tasks, k, obs_dim)
         index = torch.tensor(rows)
 
-        def act(t: int, obs: np.ndarray) -> np.ndarray:
+        def forward(obs: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+            """The policy's output for the shard's observations, computed over all M slots."""
             current = torch.from_numpy(obs).view(m, k, obs_dim)
             if full:
                 slots.copy_(current)
             else:
                 slots[index] = current
-            mean, log_std = self.policy(slots, cpu_params)
-            if not full:
-                mean = mean[index]
-                log_std = log_std[index] if log_std.dim() == 3 else log_std
-            return (mean + log_std.exp() * noise[t]).reshape(n, act_dim).numpy()
+            return self.policy(slots, cpu_params)
+
+        act: Callable[[int, np.ndarray], np.ndarray]
+        if to_env.discrete:
+            num_actions = int(env.single_action_space.n)
+            # all of an episode's Gumbel noise up front, one generator per task: [T, m, K, n]
+            gumbel = torch.stack(
+                [gumbel_noise(self.horizon, k, num_actions, int(seeds[i])) for i in rows],
+                dim=1,
+            )
+
+            def act(t: int, obs: np.ndarray) -> np.ndarray:
+                logits = forward(obs)
+                if not full:
+                    logits = logits[index]
+                return (logits + gumbel[t]).argmax(-1).reshape(n).numpy()
+
+        else:
+            act_dim = to_env.shape[0]
+            # all of an episode's action noise up front, one generator per task: [T, m, K, act]
+            noise = torch.stack(
+                [gaussian_noise(self.horizon, k, act_dim, int(seeds[i])) for i in rows], dim=1
+            )
+
+            def act(t: int, obs: np.ndarray) -> np.ndarray:
+                mean, log_std = forward(obs)
+                if not full:
+                    mean = mean[index]
+                    log_std = log_std[index] if log_std.dim() == 3 else log_std
+                return (mean + log_std.exp() * noise[t]).reshape(n, act_dim).numpy()
 
         with torch.no_grad(), one_torch_thread():
             episodes = run_episodes(

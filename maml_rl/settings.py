@@ -46,7 +46,9 @@ class FamilySettings:
     """A module to import before making the env (registers a user's family)."""
     normalize_actions: bool = True
     """The policy acts in [-1, 1]^d, mapped onto the env's action bounds (rllab's ``normalize``,
-    used by the authors' scripts: for 2D navigation, policy std 1 means velocity noise 0.1)."""
+    used by the authors' scripts: for 2D navigation, policy std 1 means velocity noise 0.1).
+    Box action spaces only: ignored for a Discrete one (the categorical policy's index is the
+    action)."""
     max_episode_steps: int | None = None
     """Horizon H; None: the id's registered max_episode_steps (100 navigation, 200 locomotion)."""
 
@@ -106,14 +108,15 @@ class InnerLoopSettings:
 
 @dataclass
 class PolicySettings:
-    """The Gaussian MLP policy."""
+    """The MLP policy: Gaussian for a Box action space, categorical for a Discrete one."""
 
     hidden_sizes: list[int] = field(default_factory=lambda: [100, 100])
     """Policy MLP hidden layer widths."""
     nonlinearity: str = "relu"
     """``relu`` or ``tanh``."""
     init_std: float = 1.0
-    """Initial action standard deviation."""
+    """Initial action standard deviation of the Gaussian policy; ignored for a Discrete action
+    space (the categorical policy has no standard deviation)."""
 
 
 @dataclass

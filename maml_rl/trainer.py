@@ -25,7 +25,13 @@ from maml_rl.config import TrainConfig
 from maml_rl.family import TaskFamily
 from maml_rl.inner_loop import adapt_on_fresh_rollouts, batch_loss_inputs
 from maml_rl.meta_learner import MetaLearner
-from maml_rl.policy import GaussianMLPPolicy, Params
+from maml_rl.policy import (
+    CategoricalMLPPolicy,
+    GaussianMLPPolicy,
+    MLPPolicy,
+    Params,
+    policy_class_for,
+)
 from maml_rl.sampler import Sampler, VectorSampler
 from maml_rl.seeding import FISHER, INNER, POST_UPDATE, derive_seed
 from maml_rl.settings import (
@@ -37,13 +43,21 @@ from maml_rl.settings import (
 from maml_rl.trpo import TRPOResult
 
 
-def make_policy(family: TaskFamily, settings: PolicySettings) -> GaussianMLPPolicy:
-    """A fresh Gaussian MLP policy for the family's 1-D Box observation and action spaces."""
+def make_policy(family: TaskFamily, settings: PolicySettings) -> MLPPolicy:
+    """A fresh MLP policy for the family's 1-D Box observations, of the class its action space
+    takes (:func:`~maml_rl.policy.policy_class_for`): Gaussian for a 1-D Box (``init_std``),
+    categorical for a Discrete (``init_std`` ignored)."""
     obs_space, act_space = family.observation_space, family.action_space
-    if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
-        raise ValueError(f"{family.env_id}: need a 1-D Box action space, got {act_space}")
+    try:
+        policy_class = policy_class_for(act_space)
+    except ValueError as err:
+        raise ValueError(f"{family.env_id}: {err}") from None
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(f"{family.env_id}: need a 1-D Box observation space, got {obs_space}")
+    if policy_class is CategoricalMLPPolicy:
+        return CategoricalMLPPolicy(
+            obs_space.shape[0], int(act_space.n), settings.hidden_sizes, settings.nonlinearity
+        )
     return GaussianMLPPolicy(
         obs_space.shape[0],
         act_space.shape[0],
@@ -53,9 +67,7 @@ def make_policy(family: TaskFamily, settings: PolicySettings) -> GaussianMLPPoli
     )
 
 
-def make_sampler(
-    family: TaskFamily, policy: GaussianMLPPolicy, settings: SamplerSettings
-) -> Sampler:
+def make_sampler(family: TaskFamily, policy: MLPPolicy, settings: SamplerSettings) -> Sampler:
     """The sampling back-end ``settings.sampler`` names, for the family and policy:
     :class:`~maml_rl.sampler.VectorSampler` (``vector``, this process) or
     :class:`~maml_rl.ray_sampler.RaySampler` (``ray``); both give the same batches."""

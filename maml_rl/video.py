@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from maml_rl.policy import is_task_batched, most_likely_action
+
 if TYPE_CHECKING:
     from maml_rl.family import ActionMapping, TaskFamily
     from maml_rl.policy import Params
@@ -96,7 +98,7 @@ def use_tracking_camera(env: Any) -> None:
 
 
 def _task_params(params: Params, index: int) -> Params:
-    if params["log_std"].dim() == 2:
+    if is_task_batched(params):
         return {k: v[index] for k, v in params.items()}
     return params
 
@@ -110,15 +112,17 @@ def rollout_frames(
     to_env: ActionMapping,
     every: int = 2,
 ) -> tuple[list[np.ndarray], float]:
-    """Frames of one episode with the policy's mean action, mapped onto the action space as in
-    training (``to_env``), every ``every``-th step, and its return."""
+    """Frames of one episode with the policy's most likely action (the Gaussian's mean, the
+    categorical's argmax), mapped onto the action space as in training (``to_env``), every
+    ``every``-th step, and its return."""
     obs, _ = env.reset(seed=seed, options={"task": task})
     frames, total, t = [env.render()], 0.0, 0
     done = False
     with torch.no_grad():
         while not done:
-            mean, _ = policy(torch.as_tensor(obs, dtype=torch.float32), params)
-            obs, reward, terminated, truncated, _ = env.step(to_env(mean.numpy()))
+            output = policy(torch.as_tensor(obs, dtype=torch.float32), params)
+            action = to_env(most_likely_action(output).numpy())
+            obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
             t += 1
@@ -161,6 +165,8 @@ def write_videos(
 
     if report.env_id.startswith("MAML/Navigation2D"):
         return [], "video: skipped, 2D navigation has no MuJoCo scene (see trajectories.png)"
+    if "rgb_array" not in family.prototype.metadata.get("render_modes", []):
+        return [], f"video: skipped, {report.env_id} renders no frames (no rgb_array render mode)"
     if result.policy is None or not result.params:
         return [], f"video: skipped, {result.label} has no adapted parameters to replay"
     try:

@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 import maml_envs  # noqa: E402, F401  (registers the families)
 from maml_rl.config import TrainConfig  # noqa: E402
 from maml_rl.family import TaskFamily  # noqa: E402
-from maml_rl.policy import GaussianMLPPolicy, replicate  # noqa: E402
+from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy, replicate  # noqa: E402
 from maml_rl.ray_sampler import RaySampler, import_ray, shard_indices  # noqa: E402
 from maml_rl.run import resume, train  # noqa: E402
 from maml_rl.sampler import VectorSampler  # noqa: E402
@@ -217,6 +217,25 @@ def test_cheetah_one_worker_equals_the_local_sampler(cluster):
     sampler = RaySampler(CHEETAH_10, policy, num_workers=1)
     try:
         assert_same_batch(sampler.sample(tasks, params, 2, seed=3), local)
+    finally:
+        sampler.close()
+
+
+@pytest.mark.parametrize("num_workers", [2, 3])
+def test_categorical_policy_on_the_tabular_mdp_equals_the_local_sampler(cluster, num_workers):
+    """Discrete actions (Gumbel-max from per-task uniforms): the same int64 batches."""
+    torch.manual_seed(0)
+    family = TaskFamily.make("MAML/TabularMDP-v0")
+    policy = CategoricalMLPPolicy(10, 5, (16,))
+    tasks = family.sample_tasks(3, np.random.default_rng(0))
+    params = {
+        k: v.detach() + 0.3 * torch.randn_like(v) for k, v in replicate(policy.params(), 3).items()
+    }
+    local = VectorSampler(family, policy).sample(tasks, params, 3, seed=4)
+    assert local.actions.dtype == torch.int64
+    sampler = RaySampler(family, policy, num_workers=num_workers)
+    try:
+        assert_same_batch(sampler.sample(tasks, params, 3, seed=4), local)
     finally:
         sampler.close()
 
