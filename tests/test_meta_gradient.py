@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from maml_rl.adaptation import adapt, inner_loss
-from maml_rl.batch import LossInputs
 from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
 from maml_rl.policy import GaussianMLPPolicy, gaussian_log_prob, replicate
 from tests.conftest import random_loss_inputs, surrogate_and_kl_by_hand
@@ -79,7 +78,7 @@ def test_batched_adaptation_equals_loop_over_tasks():
     theta = policy.params()
     total = 0.0
     for i in range(4):
-        task_inner = LossInputs(*(x[i : i + 1] for x in inner[0]))
+        task_inner = inner[0].map(lambda x, i=i: x[i : i + 1])
         single = adapt(policy, theta, [task_inner], [0.3])
         single = {k: v[0] for k, v in single.items()}
         mean, log_std = policy(valid.observations[i], single)
