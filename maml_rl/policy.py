@@ -240,8 +240,12 @@ PolicyOutput = tuple[Tensor, Tensor] | Tensor
 
 
 def detach_output(output: PolicyOutput) -> PolicyOutput:
-    """A forward output with every tensor detached."""
-    return tuple(t.detach() for t in output) if isinstance(output, tuple) else output.detach()
+    """A forward output with every tensor detached and copied: a copy, because an output can be
+    a view of a parameter (the Gaussian's unbatched ``log_std``), which an in-place update
+    (TRPO's line search) would otherwise move along."""
+    if isinstance(output, tuple):
+        return tuple(t.detach().clone() for t in output)
+    return output.detach().clone()
 
 
 def most_likely_action(output: PolicyOutput) -> Tensor:

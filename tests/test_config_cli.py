@@ -39,7 +39,7 @@ def test_yaml_file_config(tmp_path):
         (["learning_rate=1"], "unknown config key"),
         (["inner_lr=-1"], "'inner_lr'"),
         (["meta_batch_size=0"], "'meta_batch_size'"),
-        (["inner_objective=dice"], "'inner_objective'"),
+        (["inner_objective=maml"], "'inner_objective'"),
         (["hidden_sizes=[0]"], "'hidden_sizes'"),
         (["gamma=1.5"], "'gamma'"),
         (["oops"], "key=value"),

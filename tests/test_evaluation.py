@@ -117,7 +117,7 @@ def test_adapted_params_follow_alpha_then_half_alpha(run_dir):
                 .requires_grad_(True)
                 for name, p in history[j].items()
             }
-            one = type(data)(*(x[i] for x in data))
+            one = data.map(lambda x, i=i: x[i])
             loss = inner_loss(method.policy, theta, one)
             grads = torch.autograd.grad(loss, list(theta.values()))
             for (name, p), g in zip(theta.items(), grads):

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -302,3 +304,20 @@ def test_dice_refuses_samples_without_their_episodes():
     data = random_loss_inputs(1, 6, 2, 1, seed=7)
     with pytest.raises(ValueError, match="whole episodes"):
         inner_loss(policy, replicate(policy.params(), 1), data, "dice")
+
+
+def test_the_old_policy_does_not_move_with_theta_without_an_inner_step():
+    """With no inner step (the pretrained comparison) the Gaussian's log-std output is theta's
+    own parameter: pi_old must be a copy, or a line-search trial that changes only the log-std
+    reports KL 0 (it did before detach_output copied)."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (6,), "tanh").double()
+    valid = random_loss_inputs(4, 6, 3, 2, seed=100)
+    learner = MetaLearner(policy, MetaLearnerSettings())
+    _, _, old = learner.surrogate_and_kl([], valid)
+    with torch.no_grad():
+        policy.log_std += 0.5
+    _, kl, _ = learner.surrogate_and_kl([], valid, old, create_graph=False)
+    # KL of N(mu, s) to N(mu, s e^0.5) per dimension: 0.5 + (e^-1 - 1) / 2, two dimensions
+    expected = 2 * (0.5 + (math.exp(-1.0) - 1.0) / 2)
+    assert float(kl) == pytest.approx(expected, rel=1e-12)
