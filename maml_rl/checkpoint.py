@@ -4,7 +4,8 @@ Writing goes to a temporary file in the same folder, then renames it over the ta
 (:func:`maml_rl.files.atomic_write`), so a crash, kill -9 or Ctrl-C mid-write never leaves a
 truncated checkpoint. A checkpoint holds only tensors and plain data (dicts, lists, str, int,
 float, bool, None); loading uses ``torch.load(weights_only=True)``, which refuses anything else,
-so a crafted file cannot run code. Checkpoints written before format 2 also hold the numpy RNG
+so a crafted file cannot run code (the clipped meta-steps' Adam moments and eta, under
+``meta_optimizer``, are tensors too). Checkpoints written before format 2 also hold the numpy RNG
 state as a numpy array; exactly the numpy globals needed to rebuild such an array are allowed.
 """
 

@@ -16,6 +16,7 @@ from maml_rl.config import (
     preset_summary,
 )
 from maml_rl.errors import RunFailure
+from maml_rl.settings import ALGORITHM_PAPERS
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -255,13 +256,15 @@ def _curves(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="maml-rl", description="Model-Agnostic Meta-Learning for RL (MAML-TRPO)."
+        prog="maml-rl",
+        description="Model-Agnostic Meta-Learning for RL (MAML-TRPO, MAML-PPO, ProMP).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "train",
-        help="meta-train a policy with MAML-TRPO",
-        description="Meta-train a policy with MAML-TRPO into runs/<env>__<config>__<seed>__<time>.",
+        help="meta-train a policy (MAML-TRPO, MAML-PPO or ProMP)",
+        description="Meta-train a policy with MAML (the outer optimiser: the algorithm key) into "
+        "runs/<env>__<config>__<seed>__<time>.",
         epilog=_keys_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -297,7 +300,9 @@ def _presets(args: argparse.Namespace) -> int:
 
 def _keys_epilog() -> str:
     """Every config key with its default and what it does, for ``train --help``."""
-    lines = ["config keys (--set key=value, values as YAML; default in brackets):"]
+    lines = ["algorithms (--set algorithm=NAME):"]
+    lines += [f"  {name}: {paper}" for name, paper in ALGORITHM_PAPERS.items()]
+    lines += ["", "config keys (--set key=value, values as YAML; default in brackets):"]
     for key, default, doc in key_docs():
         shown = "null" if default is None else default
         lines.append(f"  {key} [{shown}]: {doc}")

@@ -17,6 +17,7 @@ import yaml
 
 from maml_rl.errors import ConfigError
 from maml_rl.settings import (
+    ALGORITHMS,
     GROUPS,
     HVP_METHODS,
     INNER_OBJECTIVES,
@@ -24,6 +25,7 @@ from maml_rl.settings import (
     SAMPLERS,
     AdvantageSettings,
     BatchSettings,
+    ClippedSettings,
     FamilySettings,
     InnerLoopSettings,
     PolicySettings,
@@ -55,6 +57,7 @@ _TYPE_WORDS = {
 @dataclass
 class TrainConfig(
     SamplerSettings,
+    ClippedSettings,
     TRPOSettings,
     AdvantageSettings,
     PolicySettings,
@@ -63,7 +66,7 @@ class TrainConfig(
     RunSettings,
     FamilySettings,
 ):
-    """Everything a MAML-TRPO run depends on (defaults: the paper's 2D-navigation settings).
+    """Everything a MAML run depends on (defaults: the paper's 2D-navigation settings).
 
     The union of the settings groups of :mod:`maml_rl.settings`, where every key is declared
     once with its default and meaning; :meth:`part` hands one group to the code that reads it.
@@ -92,6 +95,7 @@ class TrainConfig(
             "cg_iters",
             "ls_max_steps",
             "checkpoint_every",
+            "outer_steps",
         ):
             value = getattr(self, key)
             need(
@@ -113,7 +117,14 @@ class TrainConfig(
             "seed",
             "must be an integer >= 0",
         )
-        for key in ("inner_lr", "init_std", "max_kl", "ls_backtrack_ratio"):
+        for key in (
+            "inner_lr",
+            "init_std",
+            "max_kl",
+            "ls_backtrack_ratio",
+            "outer_lr",
+            "inner_kl_target",
+        ):
             value = getattr(self, key)
             need(
                 isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
@@ -141,6 +152,14 @@ class TrainConfig(
             "must be 1 with inner_objective=dice: its curvature couples an episode's steps",
         )
         need(self.hvp in HVP_METHODS, "hvp", f"one of {list(HVP_METHODS)}")
+        need(self.algorithm in ALGORITHMS, "algorithm", f"one of {list(ALGORITHMS)}")
+        need(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")
+        need(self.inner_kl_coef >= 0, "inner_kl_coef", "must be a number >= 0")
+        need(
+            self.algorithm != "promp" or self.inner_objective == "lvc",
+            "inner_objective",
+            "algorithm=promp adapts with ProMP's LVC inner objective: set inner_objective=lvc",
+        )
         need(
             isinstance(self.hidden_sizes, list)
             and len(self.hidden_sizes) > 0

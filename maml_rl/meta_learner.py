@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,11 +35,20 @@ OldPolicy = tuple[PolicyOutput, Tensor]
 
 
 class MetaLearner:
-    """Holds the policy (theta) and performs adaptation and TRPO meta-updates."""
+    """Holds the policy (theta) and performs adaptation and TRPO meta-updates
+    (``algorithm=maml-trpo``)."""
 
     def __init__(self, policy: MLPPolicy, settings: MetaLearnerSettings) -> None:
         self.policy = policy
         self.settings = settings
+
+    def state_dict(self) -> dict[str, Any]:
+        """The meta-step's own state for checkpoints: none (TRPO keeps nothing between steps;
+        :class:`~maml_rl.clipped_meta.ClippedMetaLearner` keeps Adam's moments and eta)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state."""
 
     def adapt(
         self, inner_data: Sequence[LossInputs], create_graph: bool = False

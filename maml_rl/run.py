@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from maml_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from maml_rl.clipped_meta import ClippedResult
 from maml_rl.config import TrainConfig, from_dict
 from maml_rl.family import TaskFamily
 from maml_rl.files import LOCK_NAME, atomic_write_text, lock_run_folder, remove_stale_temporaries
@@ -155,9 +156,15 @@ def log_iteration(logger: Any, trainer: MAMLTrainer, it: IterationResult) -> Non
     logger.record("train/surrogate_before", r.loss_before)
     logger.record("train/surrogate_after", r.loss_after)
     logger.record("train/kl", r.kl)
-    logger.record("train/step_fraction", r.step_fraction)
-    logger.record("train/line_search_steps", r.line_search_steps)
-    logger.record("train/cg_residual", r.cg_residual)
+    if isinstance(r, ClippedResult):  # maml-ppo, promp
+        logger.record("train/clip_fraction", r.clip_fraction)
+        logger.record("train/inner_kl", r.inner_kl)
+        logger.record("train/inner_kl_coef", r.inner_kl_coef)
+        logger.record("train/outer_steps", r.outer_steps)
+    else:
+        logger.record("train/step_fraction", r.step_fraction)
+        logger.record("train/line_search_steps", r.line_search_steps)
+        logger.record("train/cg_residual", r.cg_residual)
     logger.record("train/step_accepted", int(r.accepted))
     if not r.accepted:
         logger.record("train/rejected_reason", r.reason, exclude=("csv",))

@@ -13,8 +13,9 @@ Groups (who receives them):
 * :class:`PolicySettings`: the policy network (:func:`~maml_rl.trainer.make_policy`).
 * :class:`BatchSettings`: tasks and episodes per meta-iteration, inner steps (trainer).
 * :class:`AdvantageSettings`: discount, GAE, normalisation (every "sample, advantages, step").
-* :class:`InnerLoopSettings` and :class:`TRPOSettings`, together :class:`MetaLearnerSettings`
-  (:class:`~maml_rl.meta_learner.MetaLearner`).
+* :class:`InnerLoopSettings`, :class:`TRPOSettings` and :class:`ClippedSettings`, together
+  :class:`MetaLearnerSettings` (:class:`~maml_rl.meta_learner.MetaLearner` for ``maml-trpo``,
+  :class:`~maml_rl.clipped_meta.ClippedMetaLearner` for ``maml-ppo`` and ``promp``).
 * :class:`SamplerSettings`: the sampling back-end (:func:`~maml_rl.trainer.make_sampler`).
 * :class:`RunSettings`: seed, iterations, device, checkpoints, logging (:mod:`maml_rl.run`).
 """
@@ -24,6 +25,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+ALGORITHMS = ("maml-trpo", "maml-ppo", "promp")
+"""Outer optimisers of the meta-step (the ``algorithm`` key)."""
+ALGORITHM_PAPERS = {
+    "maml-trpo": "TRPO through the adaptation (Finn et al. 2017, Algorithm 3; Schulman et al. "
+    "2015), maml_rl.meta_learner",
+    "maml-ppo": "PPO's clipped surrogate through the adaptation, several Adam steps per batch "
+    "(Schulman et al. 2017; garage's MAMLPPO), maml_rl.clipped_meta",
+    "promp": "ProMP: the clipped surrogate, the LVC inner objective and a KL penalty on the inner "
+    "step (Rothfuss et al., ICLR 2019), maml_rl.clipped_meta",
+}
+"""Each algorithm with its paper and module (``maml-rl train --help``)."""
 INNER_OBJECTIVES = ("reinforce", "lvc", "dice")
 """Inner-loop losses (:mod:`maml_rl.adaptation`)."""
 HVP_METHODS = ("gauss_newton", "exact")
@@ -156,9 +168,39 @@ class TRPOSettings:
 
 
 @dataclass
-class MetaLearnerSettings(TRPOSettings, InnerLoopSettings):
-    """What :class:`~maml_rl.meta_learner.MetaLearner` receives: the inner loop's and the TRPO
-    meta-step's settings (the fields of both groups, flat: ``s.inner_lr``, ``s.max_kl``)."""
+class ClippedSettings:
+    """The outer optimiser, and the settings of the clipped meta-steps (``maml-ppo``,
+    ``promp``; :mod:`maml_rl.clipped_meta`). Defaults: ProMP's released run scripts
+    (Rothfuss et al. 2019, ``run_scripts/pro-mp_run_*.py``)."""
+
+    algorithm: str = "maml-trpo"
+    """Outer optimiser: ``maml-trpo`` (Finn et al. 2017: TRPO through the adaptation),
+    ``maml-ppo`` (Schulman et al. 2017's clipped surrogate through the adaptation with Adam, as
+    garage's MAMLPPO) or ``promp`` (Rothfuss et al. 2019: clipped surrogate, LVC inner
+    objective, penalty on the inner step's KL; needs ``inner_objective=lvc``)."""
+    clip_eps: float = 0.3
+    """Clip range epsilon of the likelihood ratio, maml-ppo and promp (ProMP's run scripts: 0.3;
+    ProMP's class default and PPO's paper: 0.2; garage's MAMLPPO: 0.5)."""
+    outer_lr: float = 1e-3
+    """Adam step size of the clipped meta-steps (ProMP and garage's MAMLPPO: 1e-3)."""
+    outer_steps: int = 5
+    """Adam steps per meta-batch on the same samples, theta' recomputed through the inner loop
+    before each (ProMP: 5; garage's MAMLPPO takes 1)."""
+    inner_kl_coef: float = 5e-4
+    """promp: initial coefficient eta of the penalty eta * KL(pi_theta_old || pi_theta) on each
+    inner step's batch (ProMP's run scripts: 5e-4; its class default: 1e-2)."""
+    inner_kl_adaptive: bool = False
+    """promp: adapt eta after every meta-step, halved when the inner KL is below
+    inner_kl_target / 1.5, doubled above inner_kl_target * 1.5 (ProMP's rule; its run scripts
+    keep eta fixed, its class default adapts)."""
+    inner_kl_target: float = 0.01
+    """promp: the inner KL that the adaptive eta aims at (ProMP: 0.01)."""
+
+
+@dataclass
+class MetaLearnerSettings(ClippedSettings, TRPOSettings, InnerLoopSettings):
+    """What the meta-learners receive: the inner loop's, the TRPO meta-step's and the clipped
+    meta-steps' settings (the fields of all groups, flat: ``s.inner_lr``, ``s.max_kl``)."""
 
 
 @dataclass
@@ -191,6 +233,7 @@ GROUPS: tuple[type, ...] = (
     PolicySettings,
     AdvantageSettings,
     TRPOSettings,
+    ClippedSettings,
     SamplerSettings,
 )
 """Every group, in the order the keys are listed (``maml-rl train --help``)."""

@@ -1,5 +1,6 @@
-"""One MAML-TRPO meta-iteration (Finn et al. 2017, Algorithm 3): sample tasks, adapt on K
-rollouts each, sample post-update rollouts, meta-update with TRPO.
+"""One MAML meta-iteration (Finn et al. 2017, Algorithm 3): sample tasks, adapt on K
+rollouts each, sample post-update rollouts, meta-update (TRPO, or the clipped meta-steps of
+MAML-PPO and ProMP, :mod:`maml_rl.clipped_meta`, as ``algorithm`` says).
 
 :class:`MAMLTrainer` owns the policy (theta), the sampler and the meta-learner of a run and
 performs iterations (:meth:`MAMLTrainer.advance`), built from the config by :func:`make_policy`
@@ -21,6 +22,7 @@ import torch
 
 from maml_rl.batch import EpisodeBatch, LossInputs
 from maml_rl.checkpoint import numpy_rng_from_plain, numpy_rng_to_plain
+from maml_rl.clipped_meta import ClippedMetaLearner, ClippedResult
 from maml_rl.config import TrainConfig
 from maml_rl.family import TaskFamily
 from maml_rl.inner_loop import adapt_on_fresh_rollouts, batch_loss_inputs
@@ -92,7 +94,8 @@ class IterationResult:
 
     pre_returns: np.ndarray  # [M, K] returns before adaptation
     post_returns: np.ndarray  # [M, K] returns after the inner steps
-    trpo: TRPOResult
+    trpo: TRPOResult | ClippedResult
+    """The meta-step's result (``ClippedResult`` for maml-ppo and promp)."""
     env_steps: int
     timings: dict[str, float]
     """Seconds per phase: sampling, advantages, adaptation, meta_step."""
@@ -137,7 +140,12 @@ class MAMLTrainer:
         if sampler is None:
             sampler = make_sampler(self.family, self.policy, config.part(SamplerSettings))
         self.sampler = sampler
-        self.learner = MetaLearner(self.policy, config.part(MetaLearnerSettings))
+        settings = config.part(MetaLearnerSettings)
+        self.learner = (
+            MetaLearner(self.policy, settings)
+            if settings.algorithm == "maml-trpo"
+            else ClippedMetaLearner(self.policy, settings, config.num_inner_steps)
+        )
         self.advantages = config.part(AdvantageSettings)
         self.iteration = 0  # completed meta-iterations
         self.env_steps = 0
@@ -185,13 +193,16 @@ class MAMLTrainer:
         return IterationResult(pre_returns, post_returns, result, steps, timer.seconds)
 
     def advance(self) -> IterationResult:
-        """Run the next iteration and count it; an iteration that fails leaves theta as it was."""
+        """Run the next iteration and count it; an iteration that fails leaves theta (and the
+        meta-optimiser's state) as it was."""
         snapshot = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        learner_snapshot = self.learner.state_dict()
         start = time.perf_counter()
         try:
             result = self.run_iteration(self.iteration)
         except BaseException:
             self.policy.load_state_dict(snapshot)  # drop the half-done iteration
+            self.learner.load_state_dict(learner_snapshot)
             raise
         self.iteration += 1
         self.env_steps += result.env_steps
@@ -200,7 +211,7 @@ class MAMLTrainer:
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "format": 2,  # 2: the numpy RNG state as a tensor and plain data
             "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
             "iteration": self.iteration,
@@ -209,6 +220,10 @@ class MAMLTrainer:
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": numpy_rng_to_plain(np.random.get_state()),
         }
+        learner_state = self.learner.state_dict()
+        if learner_state:  # the clipped meta-steps' Adam moments and eta (none for TRPO)
+            state["meta_optimizer"] = learner_state
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -216,6 +231,8 @@ class MAMLTrainer:
         self.env_steps = int(state["env_steps"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(numpy_rng_from_plain(state["numpy_rng"]))
+        if "meta_optimizer" in state:
+            self.learner.load_state_dict(state["meta_optimizer"])
 
     def close(self) -> None:
         self.sampler.close()
