@@ -101,3 +101,30 @@ def surrogate_and_kl_by_hand(
         loss = -task_mean(ratio * post_update.advantages, post_update.mask).mean()
         kl = task_mean(gaussian_kl(old_mean, old_log_std, mean, log_std), post_update.mask).mean()
     return float(loss), float(kl)
+
+
+def post_update_returns(config: TrainConfig, run_dir: Path) -> list[float]:
+    """Train ``config`` into ``run_dir`` and return the mean post-update return per iteration."""
+    from maml_rl.run import train
+
+    returns: list[float] = []
+    train(
+        config,
+        run_dir,
+        stdout=False,
+        callbacks=[lambda trainer, result: returns.append(float(result.post_returns.mean()))],
+    )
+    return returns
+
+
+def assert_shards_make_the_whole_batch(sampler: Any, tasks: list, params: Params) -> None:
+    """Sampling the tasks in two shards ([0] and the rest) gives the whole batch exactly."""
+    from maml_rl.seeding import task_seeds
+
+    seeds = task_seeds(123, len(tasks))
+    whole = sampler.sample(tasks, params, 3, seed=123)
+    rest = list(range(1, len(tasks)))
+    parts = [sampler.sample_shard(tasks, params, 3, seeds, shard) for shard in ([0], rest)]
+    for name, x in zip(whole._fields, whole):
+        dim = 0 if name.startswith("episode") else 1
+        assert torch.equal(x, torch.cat([getattr(p, name) for p in parts], dim=dim)), name

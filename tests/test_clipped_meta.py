@@ -24,7 +24,13 @@ from maml_rl.meta_learner import MetaLearner
 from maml_rl.policy import GaussianMLPPolicy, replicate
 from maml_rl.run import resume, train
 from maml_rl.settings import MetaLearnerSettings
-from tests.conftest import logged_numbers, progress_rows, random_loss_inputs, tiny_config
+from tests.conftest import (
+    logged_numbers,
+    post_update_returns,
+    progress_rows,
+    random_loss_inputs,
+    tiny_config,
+)
 
 D = torch.float64
 
@@ -257,13 +263,7 @@ def test_short_navigation_training_improves_post_adaptation_return(tmp_path, alg
         seed=1,
         **ALGORITHM_KEYS[algorithm],
     )
-    posts = []
-    train(
-        config,
-        tmp_path / "learn",
-        stdout=False,
-        callbacks=[lambda t, r: posts.append(float(r.post_returns.mean()))],
-    )
+    posts = post_update_returns(config, tmp_path / "learn")
     assert np.mean(posts[-3:]) > np.mean(posts[:3]) + NAVIGATION_MARGIN, posts
 
 

@@ -7,6 +7,7 @@ import maml_envs  # noqa: F401  (registers the families)
 from maml_rl.family import TaskFamily
 from maml_rl.policy import GaussianMLPPolicy, replicate
 from maml_rl.sampler import VectorSampler
+from tests.conftest import assert_shards_make_the_whole_batch
 
 NAV = "MAML/Navigation2D-v0"
 
@@ -101,14 +102,7 @@ def test_batch_split_over_task_shards_equals_the_whole_batch():
     params = {
         k: v.detach() + 0.01 * torch.randn_like(v) for k, v in replicate(policy.params(), 4).items()
     }
-    from maml_rl.seeding import task_seeds
-
-    seeds = task_seeds(123, 4)
-    whole = sampler.sample(tasks, params, 3, seed=123)
-    parts = [sampler.sample_shard(tasks, params, 3, seeds, shard) for shard in ([0], [1, 2, 3])]
-    for name, x in zip(whole._fields, whole):
-        dim = 0 if name.startswith("episode") else 1
-        assert torch.equal(x, torch.cat([getattr(p, name) for p in parts], dim=dim)), name
+    assert_shards_make_the_whole_batch(sampler, tasks, params)
 
 
 def test_normalized_actions_map_onto_the_action_bounds():

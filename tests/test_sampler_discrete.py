@@ -12,6 +12,7 @@ from maml_rl.family import ActionMapping, TaskFamily
 from maml_rl.policy import CategoricalMLPPolicy, replicate
 from maml_rl.sampler import VectorSampler
 from maml_rl.seeding import episode_seeds, task_seeds
+from tests.conftest import assert_shards_make_the_whole_batch
 
 MDP = "MAML/TabularMDP-v0"
 BANDIT = "MAML/BernoulliBandit-K5-v0"
@@ -101,12 +102,7 @@ def test_actions_vary_and_rows_after_the_end_are_zero():
 def test_shards_of_the_meta_batch_equal_the_whole_batch():
     policy, tasks, params = mdp_setup(num_tasks=4)
     sampler = VectorSampler(TaskFamily.make(MDP), policy)
-    seeds = task_seeds(123, 4)
-    whole = sampler.sample(tasks, params, 3, seed=123)
-    parts = [sampler.sample_shard(tasks, params, 3, seeds, shard) for shard in ([0], [1, 2, 3])]
-    for name, x in zip(whole._fields, whole):
-        dim = 0 if name.startswith("episode") else 1
-        assert torch.equal(x, torch.cat([getattr(p, name) for p in parts], dim=dim)), name
+    assert_shards_make_the_whole_batch(sampler, tasks, params)
     # one policy for all tasks (unbatched parameters) too
     theta = policy.params()
     whole = sampler.sample(tasks, theta, 2, seed=9)

@@ -6,7 +6,7 @@ from maml_rl.checkpoint import load_checkpoint
 from maml_rl.config import TrainConfig
 from maml_rl.run import resume, train
 from maml_rl.trainer import MAMLTrainer
-from tests.conftest import logged_numbers, progress_rows, tiny_config
+from tests.conftest import logged_numbers, post_update_returns, progress_rows, tiny_config
 
 
 def _config(**overrides) -> TrainConfig:
@@ -71,13 +71,7 @@ def test_tensorboard_events_hold_the_tags(tmp_path):
 
 def test_short_navigation_training_improves_post_adaptation_return(tmp_path):
     config = _config(num_iterations=15, meta_batch_size=10, episodes_per_task=10, seed=1)
-    posts = []
-    train(
-        config,
-        tmp_path / "learn",
-        stdout=False,
-        callbacks=[lambda t, r: posts.append(float(r.post_returns.mean()))],
-    )
+    posts = post_update_returns(config, tmp_path / "learn")
     assert np.mean(posts[-3:]) > np.mean(posts[:3]) + 5.0, posts
 
 
