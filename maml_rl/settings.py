@@ -76,7 +76,10 @@ class RunSettings:
     device: str = "cpu"
     """Learner device (``cpu`` or ``cuda``); sampling always runs on the CPU."""
     torch_threads: int | None = None
-    """torch intra-op threads (None: torch's default)."""
+    """torch intra-op threads (None: torch's default, one per core). On a machine shared with
+    other jobs use fewer threads than the idle cores: torch's workers wait for each other at
+    every operation, and a descheduled one stalls the rest (on 2 cores beside one busy process,
+    a navigation-sized meta-step took 1.4-1.9 s with 2 threads against 0.7-0.9 s with 1)."""
     checkpoint_every: int = 10
     """Write a checkpoint every this many iterations (and at the end and on Ctrl-C)."""
     keep_checkpoints: bool = False
