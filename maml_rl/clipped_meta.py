@@ -110,13 +110,6 @@ class ClippedResult:
     seconds: dict[str, float] = field(default_factory=dict)  # adam / statistics
 
 
-def _frozen(output: PolicyOutput) -> PolicyOutput:
-    """A detached copy of a forward output: its ``log_std`` may be a view of theta's own (the
-    unadapted policy), which the Adam steps change in place."""
-    detached = detach_output(output)
-    return tuple(t.clone() for t in detached) if isinstance(detached, tuple) else detached.clone()
-
-
 class _Evaluation(NamedTuple):
     surrogate: Tensor
     inner_kls: Tensor  # [S]
@@ -175,9 +168,9 @@ class ClippedMetaLearner(MetaLearner):
         logp = self.policy.log_prob(post_update.actions, output)
         if old is None:
             old_inner = [
-                _frozen(self.policy(step.data.observations, step.params)) for step in steps
+                detach_output(self.policy(step.data.observations, step.params)) for step in steps
             ]
-            old = ((_frozen(output), logp.detach()), old_inner)
+            old = ((detach_output(output), logp.detach()), old_inner)
         (old_output, old_logp), old_inner = old
         ratio = torch.exp(logp - old_logp)
         surrogate = clipped_surrogate(ratio, post_update.advantages, post_update.mask, s.clip_eps)
