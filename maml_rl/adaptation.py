@@ -77,7 +77,8 @@ class InnerStep:
 
     params: Params
     data: LossInputs
-    lr: float
+    lr: float | Params
+    """A scalar, or one tensor per parameter (Meta-SGD's learned step sizes)."""
     objective: str
 
 
@@ -85,7 +86,7 @@ def adapt_steps(
     policy: MLPPolicy,
     params: Params,
     inner_data: Sequence[LossInputs],
-    step_sizes: Sequence[float],
+    step_sizes: Sequence[float | Params],
     objective: str = "reinforce",
     create_graph: bool = True,
     gradient: Callable[[InnerStep], Params] | None = None,
@@ -97,8 +98,9 @@ def adapt_steps(
     in theta (MAML); without it the inner gradients are constants, so d theta'/d theta = I
     (first-order MAML). ``gradient`` may replace autograd's per-task gradient of the step's
     loss (the meta-step passes :meth:`maml_rl.fisher.InnerLossCurvature.gradient`'s, computed
-    by hand, whose tapes it reuses). Returns task-batched parameters ``[M, ...]`` and the steps
-    taken.
+    by hand, whose tapes it reuses). A step size is a scalar or, for Meta-SGD
+    (:mod:`maml_rl.meta_sgd`), one tensor per parameter name of the parameter's unbatched shape,
+    multiplied elementwise. Returns task-batched parameters ``[M, ...]`` and the steps taken.
     """
     if len(inner_data) != len(step_sizes):
         raise ValueError(f"got {len(inner_data)} inner batches but {len(step_sizes)} step sizes")
@@ -115,7 +117,10 @@ def adapt_steps(
         else:
             loss = inner_loss(policy, params, data, objective).sum()
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-        params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
+        params = {
+            k: p - (lr[k] if isinstance(lr, dict) else lr) * g
+            for (k, p), g in zip(params.items(), grads)
+        }
     return params, steps
 
 
@@ -123,7 +128,7 @@ def adapt(
     policy: MLPPolicy,
     params: Params,
     inner_data: Sequence[LossInputs],
-    step_sizes: Sequence[float],
+    step_sizes: Sequence[float | Params],
     objective: str = "reinforce",
     create_graph: bool = True,
 ) -> Params:

@@ -105,8 +105,9 @@ def adapt(
     inner loop does: each step samples ``episodes`` rollouts (default: the config's
     ``episodes_per_task``) with the current parameters, computes advantages with the config's
     gamma, GAE lambda, normalisation and linear baseline, and steps with ``alpha`` (default
-    ``inner_lr``), later steps ``alpha / 2`` (the evaluation schedule). ``seed`` fixes the
-    rollouts. Rewards or advantages that cannot be used raise
+    ``inner_lr``), later steps ``alpha / 2`` (the evaluation schedule); a Meta-SGD policy
+    steps with its learned step sizes times ``alpha / inner_lr`` (the same halving). ``seed``
+    fixes the rollouts. Rewards or advantages that cannot be used raise
     :class:`~maml_rl.errors.UnusableBatchError`.
     """
     if num_steps < 0:
@@ -124,6 +125,7 @@ def adapt(
         config.part(AdvantageSettings),
         config.inner_objective,
         lambda j: "adaptation",
+        config.inner_lr,
         config.num_threads,
     )
     returns = [float(batch.episode_returns.double().mean()) for batch in run.batches]

@@ -159,7 +159,7 @@ class ClippedMetaLearner(MetaLearner):
             self.policy,
             self.policy.params(),
             inner_data,
-            [s.inner_lr] * len(inner_data),
+            self.inner_step_sizes(len(inner_data)),
             s.inner_objective,
             create_graph=create_graph,
             gradient=self._lvc_gradient(old, create_graph) if self.penalised else None,

@@ -151,6 +151,16 @@ class TrainConfig(
             "cg_subsample",
             "must be 1 with inner_objective=dice: its curvature couples an episode's steps",
         )
+        need(
+            self.cg_subsample == 1 or not self.meta_sgd,
+            "cg_subsample",
+            "must be 1 with meta_sgd=true: its meta-step runs through autograd, unsubsampled",
+        )
+        need(
+            self.num_inner_steps >= 1 or not self.meta_sgd,
+            "meta_sgd",
+            "learns inner step sizes: it needs num_inner_steps >= 1",
+        )
         need(self.hvp in HVP_METHODS, "hvp", f"one of {list(HVP_METHODS)}")
         need(self.algorithm in ALGORITHMS, "algorithm", f"one of {list(ALGORITHMS)}")
         need(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")

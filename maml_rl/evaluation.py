@@ -72,7 +72,8 @@ def adapt_and_evaluate(
 
     Each step samples K rollouts per task with the current (per-task) parameters, computes
     advantages as in training (the config's gamma, GAE lambda, normalisation, linear baseline)
-    and takes one policy-gradient step with the schedule of :func:`step_sizes`. With ``keep``
+    and takes one policy-gradient step with the schedule of :func:`step_sizes` (a Meta-SGD
+    policy: its learned step sizes times schedule_j / inner_lr). With ``keep``
     also returns the rollouts' observations and masks and the parameters of every step.
     """
     family = TaskFamily.from_config(config)
@@ -89,6 +90,7 @@ def adapt_and_evaluate(
         config.part(AdvantageSettings),
         config.inner_objective,
         lambda j: f"evaluation, step {j + 1} batch",
+        config.inner_lr,
         config.num_threads,
     )
     returns = [b.episode_returns.double().mean(dim=1).numpy() for b in run.batches]

@@ -433,6 +433,11 @@ class AdaptationCurvature:
         if inner is None:
             inner = [InnerLossCurvature(policy, step) for step in steps]
         lrs = [step.lr for step in steps]
+        if any(isinstance(lr, dict) for lr in lrs):
+            raise ValueError(
+                "the hand-written curvature passes take scalar inner step sizes; learned "
+                "(Meta-SGD) step sizes go through autograd (MetaLearner.step does so)"
+            )
         tape = MLPTape(policy, adapted, post_update.observations)
         with torch.no_grad():
             head = make_head(policy, adapted, post_update.actions, tape.output)

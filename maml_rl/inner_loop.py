@@ -20,6 +20,7 @@ from maml_rl.adaptation import adapt
 from maml_rl.advantages import checked_advantages
 from maml_rl.batch import EpisodeBatch, LossInputs, loss_inputs
 from maml_rl.family import TaskFamily
+from maml_rl.meta_sgd import step_sizes_for
 from maml_rl.policy import MLPPolicy, Params
 from maml_rl.sampler import Sampler, VectorSampler
 from maml_rl.settings import AdvantageSettings
@@ -35,9 +36,10 @@ def batch_loss_inputs(batch: EpisodeBatch, settings: AdvantageSettings, what: st
 
 
 def gradient_step(
-    policy: MLPPolicy, params: Params, data: LossInputs, lr: float, objective: str
+    policy: MLPPolicy, params: Params, data: LossInputs, lr: float | Params, objective: str
 ) -> Params:
-    """One inner policy-gradient step from ``params`` on ``data`` (no graph kept)."""
+    """One inner policy-gradient step from ``params`` on ``data`` (no graph kept); ``lr`` a
+    scalar or a tensor per parameter (Meta-SGD)."""
     leaf = {name: p.detach().requires_grad_(True) for name, p in params.items()}
     new = adapt(policy, leaf, [data], [lr], objective, create_graph=False)
     return {name: p.detach() for name, p in new.items()}
@@ -110,13 +112,17 @@ def fine_tune(
     advantages: AdvantageSettings,
     objective: str,
     what: Callable[[int], str],
+    inner_lr: float,
     num_threads: int | None = None,
 ) -> Adaptation:
     """Test-time adaptation of ``policy`` (on the CPU, in this process) to ``tasks``: step j
     takes one :func:`gradient_step` of size ``schedule[j]`` from the current parameters, on
-    rollouts sampled with ``seeds[j]``; ``len(seeds) == len(schedule) + 1``. ``what(j)`` names
-    batch j in an :class:`~maml_rl.errors.UnusableBatchError`."""
+    rollouts sampled with ``seeds[j]``; ``len(seeds) == len(schedule) + 1``. A policy with
+    Meta-SGD's learned step sizes steps with them times ``schedule[j] / inner_lr``
+    (:func:`~maml_rl.meta_sgd.step_sizes_for`); ``inner_lr`` is training's step size.
+    ``what(j)`` names batch j in an :class:`~maml_rl.errors.UnusableBatchError`."""
     policy = policy.cpu()
+    steps = step_sizes_for(policy, schedule, inner_lr, detach=True)
     sampler = VectorSampler(family, policy, num_threads)
     try:
         return adapt_on_fresh_rollouts(
@@ -127,7 +133,7 @@ def fine_tune(
             seeds,
             lambda batch, j: batch_loss_inputs(batch, advantages, what(j)),
             lambda j, params, inputs: gradient_step(
-                policy, params, inputs[-1], schedule[j], objective
+                policy, params, inputs[-1], steps[j], objective
             ),
         )
     finally:

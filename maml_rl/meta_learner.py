@@ -26,6 +26,7 @@ from torch import Tensor
 from maml_rl.adaptation import InnerStep, adapt, adapt_steps
 from maml_rl.batch import LossInputs, task_mean
 from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, subsample
+from maml_rl.meta_sgd import learned_step_sizes, step_sizes_for
 from maml_rl.policy import MLPPolicy, Params, PolicyOutput, detach_output
 from maml_rl.settings import HVP_METHODS, MetaLearnerSettings
 from maml_rl.trpo import TRPOResult, flatten, hessian_vector_product, trpo_step
@@ -59,10 +60,16 @@ class MetaLearner:
             self.policy,
             self.policy.params(),
             inner_data,
-            [s.inner_lr] * len(inner_data),
+            self.inner_step_sizes(len(inner_data)),
             s.inner_objective,
             create_graph=create_graph and not s.first_order,
         )
+
+    def inner_step_sizes(self, num_steps: int) -> list[float | Params]:
+        """The step size of each of ``num_steps`` inner steps: ``inner_lr``, or Meta-SGD's
+        learned per-parameter step sizes (differentiable in rho, :mod:`maml_rl.meta_sgd`)."""
+        lr = self.settings.inner_lr
+        return step_sizes_for(self.policy, [lr] * num_steps, lr)
 
     def surrogate_and_kl(
         self,
@@ -97,14 +104,15 @@ class MetaLearner:
         """One TRPO meta-update of theta (in place); ``generator`` draws the Fisher subsample.
 
         The result's ``seconds`` holds ``gradient`` (the surrogate, its meta-gradient and the
-        curvature's set-up), ``cg`` and ``line_search``.
+        curvature's set-up), ``cg`` and ``line_search``. With learned (Meta-SGD) step sizes
+        the step is taken in (theta, rho) through autograd, as ``hvp=exact`` does.
         """
         s = self.settings
         if s.hvp not in HVP_METHODS:
             raise ValueError(f"unknown hvp method {s.hvp!r}; choose one of {HVP_METHODS}")
         start = time.perf_counter()
         params = list(self.policy.parameters())
-        if s.hvp == "exact":
+        if s.hvp == "exact" or learned_step_sizes(self.policy) is not None:
             loss, kl, old = self.surrogate_and_kl(inner_data, post_update, None, True)
             gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
             fvp = hessian_vector_product(kl, params, s.cg_damping)
@@ -119,7 +127,7 @@ class MetaLearner:
         seconds = {"gradient": time.perf_counter() - start}
         result = trpo_step(
             params,
-            float(loss),
+            float(loss.detach()),
             gradient,
             fvp,
             evaluate,
@@ -161,8 +169,14 @@ class MetaLearner:
     ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], OldPolicy]:
         """Surrogate value, meta-gradient and damped Fisher-vector product by hand-written
         passes (:class:`maml_rl.fisher.AdaptationCurvature`); ``cg_subsample`` < 1 builds the
-        product's curvature on a random subset of every batch (Schulman et al. 2015, sec. 6)."""
+        product's curvature on a random subset of every batch (Schulman et al. 2015, sec. 6).
+        Theta only: a policy with learned (Meta-SGD) step sizes raises ValueError."""
         s = self.settings
+        if learned_step_sizes(self.policy) is not None:
+            raise ValueError(
+                "gradient_and_fvp differentiates in theta only; Meta-SGD's step sizes need "
+                "the autograd path (MetaLearner.step takes it)"
+            )
         theta = self.policy.params()
         inner: list[InnerLossCurvature] = []
         adapted, steps = self._adapt_by_hand(inner_data, inner)

@@ -28,6 +28,18 @@ NONLINEARITIES = {"relu": torch.relu, "tanh": torch.tanh}
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+LEARNED_STEP_SIZES = "inner_step_sizes"
+"""The submodule of a policy holding Meta-SGD's learned inner step sizes, if it has them
+(:mod:`maml_rl.meta_sgd`): in ``parameters()`` and ``state_dict()``, not in :func:`theta`."""
+
+
+def theta(policy: nn.Module) -> Params:
+    """A policy's forward parameters theta as an ordered name -> tensor dict (shared storage):
+    every parameter but the learned step sizes'."""
+    prefix = LEARNED_STEP_SIZES + "."
+    return {k: v for k, v in policy.named_parameters() if not k.startswith(prefix)}
+
+
 def mlp_layers(sizes: Sequence[int], nonlinearity: str) -> nn.ModuleList:
     """The linear layers ``sizes[0] -> sizes[1] -> ...`` of a policy MLP, Glorot-uniform weights
     and zero biases (as rllab); ``nonlinearity`` is checked here (one clear ValueError)."""
@@ -97,7 +109,7 @@ class GaussianMLPPolicy(nn.Module):
 
     def params(self) -> Params:
         """The meta-parameters theta as an ordered name -> tensor dict (shared storage)."""
-        return dict(self.named_parameters())
+        return theta(self)
 
     def forward(self, obs: Tensor, params: Params | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-std of pi(.|obs).
@@ -189,7 +201,7 @@ class CategoricalMLPPolicy(nn.Module):
 
     def params(self) -> Params:
         """The meta-parameters theta as an ordered name -> tensor dict (shared storage)."""
-        return dict(self.named_parameters())
+        return theta(self)
 
     def forward(self, obs: Tensor, params: Params | None = None) -> Tensor:
         """Logits of pi(.|obs), ``[..., num_actions]``.

@@ -35,9 +35,10 @@ from maml_rl.config import TrainConfig, from_dict
 from maml_rl.family import TaskFamily
 from maml_rl.files import LOCK_NAME, atomic_write_text, lock_run_folder, remove_stale_temporaries
 from maml_rl.logger import ITERATION_KEY, log_config, make_logger, truncate_progress
+from maml_rl.meta_sgd import learned_step_sizes
 from maml_rl.policy import MLPPolicy
 from maml_rl.settings import PolicySettings
-from maml_rl.trainer import IterationResult, MAMLTrainer, make_policy
+from maml_rl.trainer import IterationResult, MAMLTrainer, make_policy, meta_sgd_init
 
 CONFIG_NAME = "config.yaml"
 RESUMABLE_KEYS = frozenset(
@@ -165,6 +166,10 @@ def log_iteration(logger: Any, trainer: MAMLTrainer, it: IterationResult) -> Non
         logger.record("train/step_fraction", r.step_fraction)
         logger.record("train/line_search_steps", r.line_search_steps)
         logger.record("train/cg_residual", r.cg_residual)
+    learned = learned_step_sizes(trainer.policy)
+    if learned is not None:  # Meta-SGD
+        for name, value in learned.summary().items():
+            logger.record(f"train/inner_lr_{name}", value)
     logger.record("train/step_accepted", int(r.accepted))
     if not r.accepted:
         logger.record("train/rejected_reason", r.reason, exclude=("csv",))
@@ -389,7 +394,7 @@ def load_policy(path: str | Path) -> tuple[MLPPolicy, TrainConfig]:
     state = load_checkpoint(path)
     config = from_dict(state["config"]).validate()
     family = TaskFamily.from_config(config)
-    policy = make_policy(family, config.part(PolicySettings))
+    policy = make_policy(family, config.part(PolicySettings), meta_sgd_init(config))
     policy.load_state_dict(state["policy"])
     family.close()
     return policy, config

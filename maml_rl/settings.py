@@ -119,6 +119,12 @@ class InnerLoopSettings:
     an episode's steps; the curvature needs whole episodes, so ``cg_subsample`` must be 1)."""
     first_order: bool = False
     """Drop second derivatives through the inner step (first-order MAML)."""
+    meta_sgd: bool = False
+    """Meta-SGD (Li et al. 2017): learn one inner step size per policy parameter, alpha =
+    exp(rho) > 0 starting at inner_lr, with theta by the outer optimiser; saved with the policy
+    and used by evaluation (step j of the test schedule takes alpha * schedule_j / inner_lr).
+    With maml-trpo its meta-step runs through autograd (hvp=exact's path: the hand-written
+    passes cover theta only), so cg_subsample must be 1; :mod:`maml_rl.meta_sgd`."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ from maml_rl.config import TrainConfig
 from maml_rl.family import TaskFamily
 from maml_rl.inner_loop import adapt_on_fresh_rollouts, batch_loss_inputs
 from maml_rl.meta_learner import MetaLearner
+from maml_rl.meta_sgd import learn_step_sizes
 from maml_rl.policy import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
@@ -45,10 +46,27 @@ from maml_rl.settings import (
 from maml_rl.trpo import TRPOResult
 
 
-def make_policy(family: TaskFamily, settings: PolicySettings) -> MLPPolicy:
+def make_policy(
+    family: TaskFamily, settings: PolicySettings, step_size_init: float | None = None
+) -> MLPPolicy:
     """A fresh MLP policy for the family's 1-D Box observations, of the class its action space
     takes (:func:`~maml_rl.policy.policy_class_for`): Gaussian for a 1-D Box (``init_std``),
-    categorical for a Discrete (``init_std`` ignored)."""
+    categorical for a Discrete (``init_std`` ignored). ``step_size_init``: give it
+    Meta-SGD's learned inner step sizes, all starting at this value
+    (:func:`~maml_rl.meta_sgd.learn_step_sizes`)."""
+    policy = _make_network(family, settings)
+    if step_size_init is not None:
+        learn_step_sizes(policy, step_size_init)
+    return policy
+
+
+def meta_sgd_init(config: TrainConfig) -> float | None:
+    """The initial learned step size of a config's policy: ``inner_lr`` with ``meta_sgd``,
+    else None (no learned step sizes)."""
+    return config.inner_lr if config.meta_sgd else None
+
+
+def _make_network(family: TaskFamily, settings: PolicySettings) -> MLPPolicy:
     obs_space, act_space = family.observation_space, family.action_space
     try:
         policy_class = policy_class_for(act_space)
@@ -136,7 +154,9 @@ class MAMLTrainer:
             raise ValueError("device=cuda was asked for but torch sees no CUDA device")
         self.family.prototype  # noqa: B018 (fails early for an id that is not a task family)
         torch.manual_seed(config.seed)
-        self.policy = make_policy(self.family, config.part(PolicySettings)).to(self.device)
+        self.policy = make_policy(
+            self.family, config.part(PolicySettings), meta_sgd_init(config)
+        ).to(self.device)
         if sampler is None:
             sampler = make_sampler(self.family, self.policy, config.part(SamplerSettings))
         self.sampler = sampler
@@ -238,4 +258,10 @@ class MAMLTrainer:
         self.sampler.close()
 
 
-__all__: Sequence[str] = ["IterationResult", "MAMLTrainer", "make_policy", "make_sampler"]
+__all__: Sequence[str] = [
+    "IterationResult",
+    "MAMLTrainer",
+    "make_policy",
+    "make_sampler",
+    "meta_sgd_init",
+]

@@ -1,0 +1,270 @@
+"""Compare MAML-family variants trained on the same task family: curves, time to target,
+paper-protocol evaluation of every final policy.
+
+Runs are folders ``<variant>-s<seed>`` under ``--runs`` (what ``maml-rl train --set
+run_name=<variant>-s<seed> log_dir=<runs>`` makes); the variants are those of :data:`VARIANTS`,
+whose ``--set`` keys :func:`train_command` prints. The script writes into ``--out``:
+
+* ``return_vs_env_steps.png`` and ``return_vs_wall_seconds.png``: the mean post-update return of
+  each iteration's meta-batch (fresh tasks, after one inner step), smoothed over ``--smooth``
+  iterations, mean over seeds (band: min to max over seeds), against environment steps and
+  against cumulative wall-clock seconds of training (``time/iteration_s``).
+* ``comparison.json`` and ``comparison.md``: per variant, the final smoothed training return,
+  wall seconds, env steps, the seconds to reach the target (the reference variant's final
+  smoothed return, mean over its seeds) per seed, and the paper-protocol evaluation of each
+  final policy (``--eval-tasks`` test tasks from seed 0, 0..3 gradient steps, 4000 env steps
+  per step: :func:`maml_rl.evaluation.evaluate_method`), mean over seeds ± standard deviation
+  over seeds.
+
+    python scripts/compare_family.py --runs runs/cmp-nav --out results/maml-family/navigation
+    python scripts/compare_family.py --print-commands --config navigation --seeds 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VARIANTS: dict[str, tuple[str, str]] = {
+    "maml-trpo": ("MAML-TRPO", ""),
+    "first-order": ("first-order MAML-TRPO", "first_order=true"),
+    "promp": ("ProMP", "algorithm=promp inner_objective=lvc"),
+    "maml-ppo": ("MAML-PPO", "algorithm=maml-ppo"),
+    "dice": ("MAML-TRPO + DiCE", "inner_objective=dice"),
+    "meta-sgd": ("Meta-SGD-TRPO", "meta_sgd=true"),
+}
+"""Variant name -> (label, the ``--set`` keys that make it from a preset)."""
+
+RUN_NAME = re.compile(r"^(?P<variant>[a-z0-9-]+)-s(?P<seed>\d+)$")
+
+
+@dataclass
+class Curve:
+    """One run's per-iteration numbers from its ``progress.csv``."""
+
+    variant: str
+    seed: int
+    path: Path
+    env_steps: np.ndarray  # cumulative
+    wall_s: np.ndarray  # cumulative training seconds
+    post_return: np.ndarray  # mean post-update return of the iteration's meta-batch
+
+
+def read_curve(run_dir: Path) -> Curve:
+    """The :class:`Curve` of run folder ``<variant>-s<seed>``."""
+    match = RUN_NAME.match(run_dir.name)
+    if match is None:
+        raise ValueError(f"{run_dir}: run folders are named <variant>-s<seed>")
+    with open(run_dir / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{run_dir}/progress.csv has no iterations")
+
+    def column(key: str) -> np.ndarray:
+        return np.array([float(r[key]) for r in rows])
+
+    return Curve(
+        match["variant"],
+        int(match["seed"]),
+        run_dir,
+        column("time/env_steps"),
+        np.cumsum(column("time/iteration_s")),
+        column("rollout/post_return_mean"),
+    )
+
+
+def collect(runs: Path) -> dict[str, list[Curve]]:
+    """Every finished-or-not run under ``runs`` by variant, in :data:`VARIANTS` order, seeds
+    sorted; unknown variants raise."""
+    found: dict[str, list[Curve]] = {}
+    for run_dir in sorted(p for p in runs.iterdir() if (p / "progress.csv").is_file()):
+        curve = read_curve(run_dir)
+        if curve.variant not in VARIANTS:
+            raise ValueError(f"{run_dir}: unknown variant {curve.variant!r} ({list(VARIANTS)})")
+        found.setdefault(curve.variant, []).append(curve)
+    return {v: sorted(found[v], key=lambda c: c.seed) for v in VARIANTS if v in found}
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average: entry i is the mean of values[max(0, i - window + 1) .. i]."""
+    sums = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
+    i = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, i - window)
+    return (sums[i] - sums[lo]) / (i - lo)
+
+
+def seconds_to_reach(curve: Curve, target: float, window: int) -> float | None:
+    """The cumulative wall seconds at the first iteration whose smoothed post-update return is
+    >= ``target``; None if it never is."""
+    reached = np.nonzero(smooth(curve.post_return, window) >= target)[0]
+    return float(curve.wall_s[reached[0]]) if reached.size else None
+
+
+def final_smoothed(curve: Curve, window: int) -> float:
+    """The smoothed post-update return at the last iteration."""
+    return float(smooth(curve.post_return, window)[-1])
+
+
+def summarise(
+    curves: dict[str, list[Curve]], window: int, reference: str = "maml-trpo"
+) -> dict[str, Any]:
+    """Per variant: iterations, final smoothed return (mean, sd over seeds), wall seconds and
+    env steps (mean over seeds), and seconds to the reference's final smoothed return (the mean
+    over its seeds) per seed."""
+    if reference not in curves:
+        raise ValueError(f"the reference variant {reference!r} has no runs")
+    target = float(np.mean([final_smoothed(c, window) for c in curves[reference]]))
+    out: dict[str, Any] = {"target": target, "reference": reference, "window": window}
+    variants: dict[str, Any] = {}
+    for name, runs in curves.items():
+        finals = [final_smoothed(c, window) for c in runs]
+        variants[name] = {
+            "label": VARIANTS[name][0],
+            "set": VARIANTS[name][1],
+            "seeds": [c.seed for c in runs],
+            "iterations": [len(c.post_return) for c in runs],
+            "final_return": float(np.mean(finals)),
+            "final_return_sd": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+            "wall_s": float(np.mean([c.wall_s[-1] for c in runs])),
+            "env_steps": float(np.mean([c.env_steps[-1] for c in runs])),
+            "seconds_to_target": [seconds_to_reach(c, target, window) for c in runs],
+        }
+    out["variants"] = variants
+    return out
+
+
+def evaluate_runs(
+    curves: dict[str, list[Curve]], num_tasks: int, num_steps: int = 3, test_tasks: str = "seeded"
+) -> dict[str, Any]:
+    """The paper's protocol on every run's final policy: mean return over ``num_tasks`` test
+    tasks after 0..num_steps steps, per seed, then mean and sd over seeds per step."""
+    from maml_rl.evaluation import evaluate_method, load_method, sample_test_tasks
+    from maml_rl.report import EvalSettings
+
+    settings = EvalSettings(num_tasks=num_tasks, num_steps=num_steps, test_tasks=test_tasks)
+    out: dict[str, Any] = {"num_tasks": num_tasks, "num_steps": num_steps, "test_tasks": test_tasks}
+    for name, runs in curves.items():
+        per_seed = []
+        for curve in runs:
+            method = load_method(curve.path, VARIANTS[name][0])
+            tasks = sample_test_tasks(method.config, num_tasks, settings.seed, test_tasks)
+            result = evaluate_method(method, tasks, settings)
+            per_seed.append(result.returns.mean(axis=1).tolist())
+        table = np.array(per_seed)
+        sd = table.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(table.shape[1])
+        out[name] = {"per_seed": per_seed, "mean": table.mean(0).tolist(), "sd": sd.tolist()}
+    return out
+
+
+def plot(curves: dict[str, list[Curve]], window: int, x: str, path: Path, title: str) -> Path:
+    """Smoothed post-update return against ``x`` (``env_steps`` or ``wall_s``): mean over seeds
+    on the grid of the shortest run, band from min to max over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), layout="constrained")
+    for name, runs in curves.items():
+        grid = min(getattr(c, x)[-1] for c in runs)
+        xs = np.linspace(0.0, grid, 200)
+        ys = np.array([np.interp(xs, getattr(c, x), smooth(c.post_return, window)) for c in runs])
+        line = ax.plot(xs, ys.mean(0), label=f"{VARIANTS[name][0]} ({len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(xs, ys.min(0), ys.max(0), color=line[0].get_color(), alpha=0.15)
+    ax.set_xlabel("environment steps" if x == "env_steps" else "wall-clock seconds of training")
+    ax.set_ylabel(f"post-update return (moving mean of {window} iterations)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown(summary: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
+    """The comparison table: one row per variant."""
+    head = "| variant | seeds | iterations | final train return | wall s | s to target |"
+    rule = "|---|---|---|---|---|---|"
+    if evaluation is not None:
+        steps = evaluation["num_steps"]
+        head += "".join(f" test {j} step{'s' if j != 1 else ''} |" for j in range(steps + 1))
+        rule += "---|" * (steps + 1)
+    lines = [head, rule]
+    for name, v in summary["variants"].items():
+        reached = [s for s in v["seconds_to_target"] if s is not None]
+        to_target = (
+            f"{np.mean(reached):.0f} ({len(reached)}/{len(v['seeds'])})" if reached else "never"
+        )
+        row = (
+            f"| {v['label']} | {len(v['seeds'])} | {max(v['iterations'])} | "
+            f"{v['final_return']:.2f} ± {v['final_return_sd']:.2f} | {v['wall_s']:.0f} | "
+            f"{to_target} |"
+        )
+        if evaluation is not None:
+            e = evaluation[name]
+            row += "".join(f" {m:.2f} ± {s:.2f} |" for m, s in zip(e["mean"], e["sd"]))
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def train_command(variant: str, config: str, seed: int, runs: str, extra: str = "") -> str:
+    """The ``maml-rl train`` command of one comparison run."""
+    keys = " ".join(k for k in (f"seed={seed}", VARIANTS[variant][1], extra) if k)
+    return (
+        f"maml-rl train --config {config} --quiet --set {keys} log_dir={runs} "
+        f"run_name={variant}-s{seed} progress_bar=false"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, help="folder of <variant>-s<seed> run folders")
+    parser.add_argument("--out", type=Path, help="where the figures and tables go")
+    parser.add_argument("--smooth", type=int, default=10, help="moving-mean window (iterations)")
+    parser.add_argument("--eval-tasks", type=int, default=40, help="test tasks (0: no evaluation)")
+    parser.add_argument("--test-tasks", default="seeded", choices=["seeded", "authors"])
+    parser.add_argument("--title", default="", help="figure title prefix")
+    parser.add_argument("--print-commands", action="store_true", help="print the runs' commands")
+    parser.add_argument("--config", default="navigation", help="preset (with --print-commands)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--extra", default="", help="more --set keys for every run")
+    args = parser.parse_args(argv)
+    if args.print_commands:
+        for seed in args.seeds:
+            for variant in VARIANTS:
+                runs = str(args.runs or "runs")
+                print(train_command(variant, args.config, seed, runs, args.extra))
+        return 0
+    if args.runs is None or args.out is None:
+        parser.error("--runs and --out are needed (or --print-commands)")
+    curves = collect(args.runs)
+    summary = summarise(curves, args.smooth)
+    evaluation = None
+    if args.eval_tasks:
+        evaluation = evaluate_runs(curves, args.eval_tasks, 3, args.test_tasks)
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = args.title or args.runs.name
+    plot(curves, args.smooth, "env_steps", args.out / "return_vs_env_steps.png", title)
+    plot(curves, args.smooth, "wall_s", args.out / "return_vs_wall_seconds.png", title)
+    result = {"summary": summary, "evaluation": evaluation}
+    (args.out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(summary, evaluation)
+    (args.out / "comparison.md").write_text(table)
+    print(table, end="")
+    print(f"target: {summary['target']:.2f} (the reference's final smoothed return)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["VARIANTS", "collect", "evaluate_runs", "markdown", "smooth", "summarise"]

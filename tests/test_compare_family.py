@@ -1,0 +1,97 @@
+"""The MAML-family comparison (scripts/compare_family.py): smoothing, time to target and the
+summary by hand on written progress files, and one run of the whole script on tiny runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from compare_family import (
+    collect,
+    main,
+    markdown,
+    seconds_to_reach,
+    smooth,
+    summarise,
+    train_command,
+)
+
+from maml_rl.run import train
+from tests.conftest import tiny_config
+
+
+def _write_run(root: Path, name: str, returns: list[float], seconds: float) -> Path:
+    """A run folder with a progress.csv: 100 env steps and ``seconds`` per iteration."""
+    run = root / name
+    run.mkdir(parents=True)
+    keys = ["time/iteration", "rollout/post_return_mean", "time/env_steps", "time/iteration_s"]
+    with open(run / "progress.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(keys)
+        for i, r in enumerate(returns, 1):
+            writer.writerow([i, r, 100 * i, seconds])
+    return run
+
+
+def test_trailing_moving_mean_by_hand():
+    np.testing.assert_allclose(smooth(np.array([1.0, 2.0, 3.0, 4.0]), 2), [1.0, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(smooth(np.array([3.0, 6.0, 9.0]), 5), [3.0, 4.5, 6.0])
+
+
+def test_summary_target_and_seconds_to_reach_it_by_hand(tmp_path):
+    _write_run(tmp_path, "maml-trpo-s1", [-10, -8, -6, -4], 2.0)  # smoothed (w 2): -5 at the end
+    _write_run(tmp_path, "maml-trpo-s2", [-10, -9, -8, -7], 2.0)  # -7.5
+    _write_run(tmp_path, "first-order-s1", [-9, -5, -5, -5], 1.0)  # smoothed -9, -7, -5, -5
+    _write_run(tmp_path, "notes", [], 1.0).joinpath("progress.csv").unlink()  # ignored
+    curves = collect(tmp_path)
+    assert list(curves) == ["maml-trpo", "first-order"]  # VARIANTS order
+    summary = summarise(curves, window=2)
+    assert summary["target"] == pytest.approx(-6.25)  # mean of -5 and -7.5
+    trpo, fo = summary["variants"]["maml-trpo"], summary["variants"]["first-order"]
+    assert trpo["seconds_to_target"] == [8.0, None]  # s1 reaches -5 >= -6.25 at iteration 4
+    assert fo["seconds_to_target"] == [3.0]  # -5 >= -6.25 first at iteration 3, 3 s
+    assert fo["final_return"] == pytest.approx(-5.0) and fo["wall_s"] == pytest.approx(4.0)
+    assert trpo["final_return_sd"] == pytest.approx(np.std([-5.0, -7.5], ddof=1))
+    assert seconds_to_reach(curves["first-order"][0], 0.0, 2) is None
+    table = markdown(summary, None).splitlines()
+    assert table[2].startswith("| MAML-TRPO | 2 | 4 | -6.25 ± 1.77 | 8 | 8 (1/2) |")
+    assert table[3].startswith("| first-order MAML-TRPO | 1 | 4 | -5.00 ± 0.00 | 4 | 3 (1/1) |")
+
+
+def test_bad_run_folders_are_named(tmp_path):
+    _write_run(tmp_path, "maml-sgd-s1", [1.0], 1.0)
+    with pytest.raises(ValueError, match="unknown variant 'maml-sgd'"):
+        collect(tmp_path)
+    other = tmp_path / "other"
+    _write_run(other, "trpo_seed1", [1.0], 1.0)
+    with pytest.raises(ValueError, match="named <variant>-s<seed>"):
+        collect(other)
+    with pytest.raises(ValueError, match="reference variant 'maml-trpo' has no runs"):
+        summarise({}, 2)
+
+
+def test_train_commands_make_each_variant():
+    command = train_command("promp", "navigation", 2, "runs/cmp")
+    assert "--set seed=2 algorithm=promp inner_objective=lvc log_dir=runs/cmp" in command
+    assert "run_name=promp-s2" in command
+
+
+def test_the_script_on_tiny_runs(tmp_path, capsys):
+    sizes = dict(meta_batch_size=4, episodes_per_task=4, hidden_sizes=[16], num_iterations=2)
+    for name, keys in (("maml-trpo", {}), ("meta-sgd", {"meta_sgd": True})):
+        train(tiny_config(**sizes, **keys), tmp_path / "runs" / f"{name}-s1", stdout=False)
+    out = tmp_path / "out"
+    assert main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--eval-tasks", "2"]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    evaluation = result["evaluation"]["meta-sgd"]
+    assert len(evaluation["mean"]) == 4 and len(evaluation["per_seed"]) == 1
+    assert (out / "return_vs_env_steps.png").stat().st_size > 10_000
+    assert (out / "return_vs_wall_seconds.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "| Meta-SGD-TRPO | 1 | 2 |" in printed and "target:" in printed
