@@ -15,6 +15,11 @@ whose ``--set`` keys :func:`train_command` prints. The script writes into ``--ou
   final policy (``--eval-tasks`` test tasks from seed 0, 0..3 gradient steps, 4000 env steps
   per step: :func:`maml_rl.evaluation.evaluate_method`), mean over seeds ± standard deviation
   over seeds.
+* With ``--time-iterations N``: each variant's seconds per iteration measured alone, one variant
+  at a time (a fresh ``maml-rl train`` of N iterations with the config of its first run, median
+  of iterations 2..N); the table then adds them and the seconds to the target at that rate
+  (iterations to the target times seconds per iteration), and the wall-clock figure uses them,
+  so that the load beside the comparison's runs (if they shared the machine) does not decide it.
 
     python scripts/compare_family.py --runs runs/cmp-nav --out results/maml-family/navigation
     python scripts/compare_family.py --print-commands --config navigation --seeds 1 2 3
@@ -26,6 +31,10 @@ import argparse
 import csv
 import json
 import re
+import statistics
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +66,11 @@ class Curve:
     post_return: np.ndarray  # mean post-update return of the iteration's meta-batch
 
 
-def read_curve(run_dir: Path) -> Curve:
-    """The :class:`Curve` of run folder ``<variant>-s<seed>``."""
-    match = RUN_NAME.match(run_dir.name)
-    if match is None:
+def read_curve(run_dir: Path, variant: str | None = None) -> Curve:
+    """The :class:`Curve` of run folder ``<variant>-s<seed>`` (any name, seed 0, if
+    ``variant`` is given)."""
+    match = RUN_NAME.match(run_dir.name) if variant is None else None
+    if variant is None and match is None:
         raise ValueError(f"{run_dir}: run folders are named <variant>-s<seed>")
     with open(run_dir / "progress.csv") as f:
         rows = list(csv.DictReader(f))
@@ -71,8 +81,8 @@ def read_curve(run_dir: Path) -> Curve:
         return np.array([float(r[key]) for r in rows])
 
     return Curve(
-        match["variant"],
-        int(match["seed"]),
+        variant or match["variant"],
+        int(match["seed"]) if match else 0,
         run_dir,
         column("time/env_steps"),
         np.cumsum(column("time/iteration_s")),
@@ -100,11 +110,17 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[i] - sums[lo]) / (i - lo)
 
 
-def seconds_to_reach(curve: Curve, target: float, window: int) -> float | None:
-    """The cumulative wall seconds at the first iteration whose smoothed post-update return is
-    >= ``target``; None if it never is."""
+def iterations_to_reach(curve: Curve, target: float, window: int) -> int | None:
+    """The first iteration (1-based) whose smoothed post-update return is >= ``target``; None if
+    none is."""
     reached = np.nonzero(smooth(curve.post_return, window) >= target)[0]
-    return float(curve.wall_s[reached[0]]) if reached.size else None
+    return int(reached[0]) + 1 if reached.size else None
+
+
+def seconds_to_reach(curve: Curve, target: float, window: int) -> float | None:
+    """The cumulative wall seconds at :func:`iterations_to_reach`; None if never reached."""
+    iterations = iterations_to_reach(curve, target, window)
+    return None if iterations is None else float(curve.wall_s[iterations - 1])
 
 
 def final_smoothed(curve: Curve, window: int) -> float:
@@ -113,11 +129,15 @@ def final_smoothed(curve: Curve, window: int) -> float:
 
 
 def summarise(
-    curves: dict[str, list[Curve]], window: int, reference: str = "maml-trpo"
+    curves: dict[str, list[Curve]],
+    window: int,
+    reference: str = "maml-trpo",
+    timed: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Per variant: iterations, final smoothed return (mean, sd over seeds), wall seconds and
-    env steps (mean over seeds), and seconds to the reference's final smoothed return (the mean
-    over its seeds) per seed."""
+    env steps (mean over seeds), and iterations and seconds to the reference's final smoothed
+    return (the mean over its seeds) per seed; with ``timed`` (seconds per iteration alone, by
+    variant) also the seconds to the target at that rate."""
     if reference not in curves:
         raise ValueError(f"the reference variant {reference!r} has no runs")
     target = float(np.mean([final_smoothed(c, window) for c in curves[reference]]))
@@ -135,7 +155,14 @@ def summarise(
             "wall_s": float(np.mean([c.wall_s[-1] for c in runs])),
             "env_steps": float(np.mean([c.env_steps[-1] for c in runs])),
             "seconds_to_target": [seconds_to_reach(c, target, window) for c in runs],
+            "iterations_to_target": [iterations_to_reach(c, target, window) for c in runs],
         }
+        if timed is not None:
+            rate = timed[name]
+            variants[name]["timed_s_per_iteration"] = rate
+            variants[name]["timed_seconds_to_target"] = [
+                None if i is None else i * rate for i in variants[name]["iterations_to_target"]
+            ]
     out["variants"] = variants
     return out
 
@@ -163,9 +190,47 @@ def evaluate_runs(
     return out
 
 
-def plot(curves: dict[str, list[Curve]], window: int, x: str, path: Path, title: str) -> Path:
+def time_variants(curves: dict[str, list[Curve]], iterations: int) -> dict[str, float]:
+    """Seconds per iteration of each variant alone: a fresh run of ``iterations`` iterations
+    with the config of the variant's first run, one variant at a time, in this machine's
+    state; the median of ``time/iteration_s`` over iterations 2..N (the first warms up)."""
+    if iterations < 2:
+        raise ValueError("--time-iterations must be >= 2 (the first iteration is dropped)")
+    out: dict[str, float] = {}
+    for name, runs in curves.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [
+                sys.executable,
+                "-c",
+                "from maml_rl.cli import main; raise SystemExit(main())",
+                "train",
+                "--quiet",
+                "--config",
+                str(runs[0].path / "config.yaml"),
+                "--set",
+                f"num_iterations={iterations}",
+                f"log_dir={tmp}",
+                "run_name=timed",
+                "progress_bar=false",
+                f"checkpoint_every={iterations}",
+            ]
+            subprocess.run(command, check=True, capture_output=True, timeout=3600)
+            timed = read_curve(Path(tmp) / "timed", name)
+        out[name] = statistics.median(np.diff(timed.wall_s, prepend=0.0)[1:].tolist())
+    return out
+
+
+def plot(
+    curves: dict[str, list[Curve]],
+    window: int,
+    x: str,
+    path: Path,
+    title: str,
+    timed: dict[str, float] | None = None,
+) -> Path:
     """Smoothed post-update return against ``x`` (``env_steps`` or ``wall_s``): mean over seeds
-    on the grid of the shortest run, band from min to max over seeds."""
+    on the grid of the shortest run, band from min to max over seeds. With ``timed`` the
+    wall-clock axis is iterations times each variant's seconds per iteration alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,13 +238,24 @@ def plot(curves: dict[str, list[Curve]], window: int, x: str, path: Path, title:
 
     fig, ax = plt.subplots(figsize=(7.0, 4.6), layout="constrained")
     for name, runs in curves.items():
-        grid = min(getattr(c, x)[-1] for c in runs)
+
+        def axis(c: Curve) -> np.ndarray:
+            if x == "wall_s" and timed is not None:
+                return np.arange(1, len(c.post_return) + 1) * timed[c.variant]
+            return getattr(c, x)
+
+        grid = min(axis(c)[-1] for c in runs)
         xs = np.linspace(0.0, grid, 200)
-        ys = np.array([np.interp(xs, getattr(c, x), smooth(c.post_return, window)) for c in runs])
+        ys = np.array([np.interp(xs, axis(c), smooth(c.post_return, window)) for c in runs])
         line = ax.plot(xs, ys.mean(0), label=f"{VARIANTS[name][0]} ({len(runs)} seeds)")
         if len(runs) > 1:
             ax.fill_between(xs, ys.min(0), ys.max(0), color=line[0].get_color(), alpha=0.15)
-    ax.set_xlabel("environment steps" if x == "env_steps" else "wall-clock seconds of training")
+    ax.set_xlabel(
+        "environment steps"
+        if x == "env_steps"
+        else "wall-clock seconds of training"
+        + (" (at each variant's seconds per iteration alone)" if timed is not None else "")
+    )
     ax.set_ylabel(f"post-update return (moving mean of {window} iterations)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -191,8 +267,12 @@ def plot(curves: dict[str, list[Curve]], window: int, x: str, path: Path, title:
 
 def markdown(summary: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
     """The comparison table: one row per variant."""
+    timed = all("timed_s_per_iteration" in v for v in summary["variants"].values())
     head = "| variant | seeds | iterations | final train return | wall s | s to target |"
     rule = "|---|---|---|---|---|---|"
+    if timed:
+        head += " s/iteration alone | s to target alone |"
+        rule += "---|---|"
     if evaluation is not None:
         steps = evaluation["num_steps"]
         head += "".join(f" test {j} step{'s' if j != 1 else ''} |" for j in range(steps + 1))
@@ -208,6 +288,11 @@ def markdown(summary: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
             f"{v['final_return']:.2f} ± {v['final_return_sd']:.2f} | {v['wall_s']:.0f} | "
             f"{to_target} |"
         )
+        if timed:
+            alone = [s for s in v["timed_seconds_to_target"] if s is not None]
+            row += f" {v['timed_s_per_iteration']:.2f} |" + (
+                f" {np.mean(alone):.0f} ({len(alone)}/{len(v['seeds'])}) |" if alone else " never |"
+            )
         if evaluation is not None:
             e = evaluation[name]
             row += "".join(f" {m:.2f} ± {s:.2f} |" for m, s in zip(e["mean"], e["sd"]))
@@ -236,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="navigation", help="preset (with --print-commands)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--extra", default="", help="more --set keys for every run")
+    parser.add_argument(
+        "--time-iterations", type=int, default=0, help="time each variant alone (0: don't)"
+    )
     args = parser.parse_args(argv)
     if args.print_commands:
         for seed in args.seeds:
@@ -246,14 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is None or args.out is None:
         parser.error("--runs and --out are needed (or --print-commands)")
     curves = collect(args.runs)
-    summary = summarise(curves, args.smooth)
+    timed = time_variants(curves, args.time_iterations) if args.time_iterations else None
+    summary = summarise(curves, args.smooth, timed=timed)
     evaluation = None
     if args.eval_tasks:
         evaluation = evaluate_runs(curves, args.eval_tasks, 3, args.test_tasks)
     args.out.mkdir(parents=True, exist_ok=True)
     title = args.title or args.runs.name
     plot(curves, args.smooth, "env_steps", args.out / "return_vs_env_steps.png", title)
-    plot(curves, args.smooth, "wall_s", args.out / "return_vs_wall_seconds.png", title)
+    plot(curves, args.smooth, "wall_s", args.out / "return_vs_wall_seconds.png", title, timed)
     result = {"summary": summary, "evaluation": evaluation}
     (args.out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(summary, evaluation)

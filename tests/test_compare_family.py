@@ -62,6 +62,14 @@ def test_summary_target_and_seconds_to_reach_it_by_hand(tmp_path):
     table = markdown(summary, None).splitlines()
     assert table[2].startswith("| MAML-TRPO | 2 | 4 | -6.25 ± 1.77 | 8 | 8 (1/2) |")
     assert table[3].startswith("| first-order MAML-TRPO | 1 | 4 | -5.00 ± 0.00 | 4 | 3 (1/1) |")
+    # timed alone at 0.5 and 3 s per iteration: iterations to target (4 and 3) times the rate
+    timed = summarise(curves, window=2, timed={"maml-trpo": 0.5, "first-order": 3.0})
+    assert timed["variants"]["maml-trpo"]["iterations_to_target"] == [4, None]
+    assert timed["variants"]["maml-trpo"]["timed_seconds_to_target"] == [2.0, None]
+    assert timed["variants"]["first-order"]["timed_seconds_to_target"] == [9.0]
+    rows = markdown(timed, None).splitlines()
+    assert rows[0].endswith("| s/iteration alone | s to target alone |")
+    assert rows[3].endswith("| 3 (1/1) | 3.00 | 9 (1/1) |")
 
 
 def test_bad_run_folders_are_named(tmp_path):
@@ -87,7 +95,8 @@ def test_the_script_on_tiny_runs(tmp_path, capsys):
     for name, keys in (("maml-trpo", {}), ("meta-sgd", {"meta_sgd": True})):
         train(tiny_config(**sizes, **keys), tmp_path / "runs" / f"{name}-s1", stdout=False)
     out = tmp_path / "out"
-    assert main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--eval-tasks", "2"]) == 0
+    args = ["--runs", str(tmp_path / "runs"), "--out", str(out), "--eval-tasks", "2"]
+    assert main([*args, "--time-iterations", "2"]) == 0
     result = json.loads((out / "comparison.json").read_text())
     evaluation = result["evaluation"]["meta-sgd"]
     assert len(evaluation["mean"]) == 4 and len(evaluation["per_seed"]) == 1
@@ -95,3 +104,5 @@ def test_the_script_on_tiny_runs(tmp_path, capsys):
     assert (out / "return_vs_wall_seconds.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "| Meta-SGD-TRPO | 1 | 2 |" in printed and "target:" in printed
+    rate = result["summary"]["variants"]["meta-sgd"]["timed_s_per_iteration"]
+    assert 0 < rate < 60
