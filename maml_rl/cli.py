@@ -198,7 +198,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "--alpha",
         type=float,
         default=None,
-        help="first step size, later ones alpha/2 (default: the run's inner_lr)",
+        help="first step size, later ones alpha/2 (default: the run's inner_lr; a Meta-SGD run "
+        "steps with its learned step sizes times alpha/inner_lr)",
     )
     p.add_argument("--output", "-o", default=None, help="output folder (default: RUN/evaluation)")
     p.add_argument(
