@@ -154,7 +154,7 @@ class TrainConfig(
         need(
             self.cg_subsample == 1 or not self.meta_sgd,
             "cg_subsample",
-            "must be 1 with meta_sgd=true: its meta-step runs through autograd, unsubsampled",
+            "must be 1 with meta_sgd=true: its curvature in the step sizes uses every sample",
         )
         need(
             self.num_inner_steps >= 1 or not self.meta_sgd,

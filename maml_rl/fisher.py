@@ -366,40 +366,73 @@ def task_group_size(num_tasks: int, samples: int, width: int, itemsize: int, cud
 
 class _TaskGroup:
     """The tapes of a contiguous group of tasks: their inner steps' loss curvatures (with step
-    sizes), the post-update tape and head, and the KL / surrogate average's weights."""
+    sizes), the post-update tape and head, and the KL / surrogate average's weights.
+
+    ``inner`` holds per step (H_j or None, alpha_j, s_j): H_j is None for first-order MAML
+    (d theta_j / d theta_{j-1} = I); alpha_j a scalar or, with Meta-SGD's learned step sizes,
+    one tensor per parameter; s_j = alpha_j o g_j (g_j the step's per-task inner gradient) for
+    learned step sizes, whose rho = log alpha enters theta_j with d theta_j / d rho = -diag(s_j).
+    """
 
     def __init__(
         self,
-        inner: list[tuple[InnerLossCurvature, float]],
+        inner: list[tuple[InnerLossCurvature | None, float | Params, Params | None]],
         tape: MLPTape,
         head: Head,
         weight: Tensor,
     ) -> None:
         self.inner, self.tape, self.head, self.weight = inner, tape, head, weight
+        self.learned = any(s is not None for _, _, s in inner)
 
-    def through_inner(self, vectors: Params, reverse: bool) -> Params:
-        """prod_j (I - alpha_j H_j) applied to per-task vectors (J^T: in reverse step order)."""
-        for curvature, lr in reversed(self.inner) if reverse else self.inner:
-            hv = curvature(vectors)
-            vectors = {k: v - lr * hv[k] for k, v in vectors.items()}
-        return vectors
+    def forward_through_inner(self, u: Params, v_rho: Params | None) -> Params:
+        """J_in (v, v_rho): u_j = (I - alpha_j H_j) u_{j-1} - s_j o v_rho, with u_0 = v."""
+        for curvature, lr, s in self.inner:
+            if curvature is not None:
+                hv = curvature(u)
+                if isinstance(lr, dict):
+                    u = {k: x - lr[k] * hv[k] for k, x in u.items()}
+                else:
+                    u = {k: x - lr * hv[k] for k, x in u.items()}
+            if s is not None and v_rho is not None:
+                u = {k: x - s[k] * v_rho[k] for k, x in u.items()}
+        return u
 
-    def fisher_product(self, v: Params) -> Params:
-        """J^T F J v per task, J through the inner steps and the policy's outputs."""
-        u = self.through_inner(v, reverse=False)
+    def backward_through_inner(self, u: Params) -> tuple[Params, Params | None]:
+        """J_in^T z: in reverse step order, the rho part gains -s_j o u_j and
+        u_{j-1} = u_j - H_j (alpha_j o u_j) (H_j symmetric). Returns (theta part, rho part)."""
+        rho: Params | None = None
+        for curvature, lr, s in reversed(self.inner):
+            if s is not None:
+                part = {k: -s[k] * x for k, x in u.items()}
+                rho = part if rho is None else {k: rho[k] + part[k] for k in rho}
+            if curvature is None:
+                continue
+            if isinstance(lr, dict):
+                hv = curvature({k: lr[k] * x for k, x in u.items()})
+                u = {k: x - hv[k] for k, x in u.items()}
+            else:
+                hv = curvature(u)
+                u = {k: x - lr * hv[k] for k, x in u.items()}
+        return u, rho
+
+    def fisher_product(
+        self, v: Params, v_rho: Params | None = None
+    ) -> tuple[Params, Params | None]:
+        """J^T F J (v, v_rho) per task, J through the inner steps and the policy's outputs."""
+        u = self.forward_through_inner(v, v_rho)
         f_output, f_extra = self.head.fisher(self.tape.jvp(u)[0], _extra_direction(self.head, u))
         z = self.tape.vjp(self.weight * f_output)
         if self.head.extra:
             z[self.head.extra] = (self.weight * f_extra).sum(1)
-        return self.through_inner(z, reverse=True)
+        return self.backward_through_inner(z)
 
-    def surrogate_gradient(self, advantages: Tensor) -> Params:
+    def surrogate_gradient(self, advantages: Tensor) -> tuple[Params, Params | None]:
         """Per task: per sample dL/d(output) = -w A d log pi / d(output), then J^T."""
         wa = self.weight * advantages.unsqueeze(-1)
         grads = self.tape.vjp(-wa * self.head.score_output)
         if self.head.extra:
             grads[self.head.extra] = -(wa * self.head.score_extra).sum(1)
-        return self.through_inner(grads, reverse=True)
+        return self.backward_through_inner(grads)
 
 
 class AdaptationCurvature:
@@ -412,6 +445,11 @@ class AdaptationCurvature:
     :meth:`maml_rl.meta_learner.MetaLearner.surrogate_and_kl`. The tasks are split into groups
     (``group_size``; default :func:`task_group_size`) whose products run one after another, so
     that on a CPU each group's intermediates stay in cache; the sums over tasks are the same.
+
+    Steps whose size is one tensor per parameter (Meta-SGD's alpha = exp(rho),
+    :mod:`maml_rl.meta_sgd`) make rho meta-parameters too: the products and gradients are then
+    over (theta, rho), flattened theta first, rho after in the same name order. With
+    ``first_order`` such steps are kept only for d theta'/d rho (their H_j is dropped).
     """
 
     def __init__(
@@ -423,6 +461,7 @@ class AdaptationCurvature:
         post_update: LossInputs,
         group_size: int | None = None,
         inner: Sequence[InnerLossCurvature] | None = None,
+        first_order: bool = False,
     ) -> None:
         self.names = list(theta)
         self.theta_list = [theta[k] for k in self.names]
@@ -433,11 +472,18 @@ class AdaptationCurvature:
         if inner is None:
             inner = [InnerLossCurvature(policy, step) for step in steps]
         lrs = [step.lr for step in steps]
-        if any(isinstance(lr, dict) for lr in lrs):
-            raise ValueError(
-                "the hand-written curvature passes take scalar inner step sizes; learned "
-                "(Meta-SGD) step sizes go through autograd (MetaLearner.step does so)"
-            )
+        self.learned = any(isinstance(lr, dict) for lr in lrs)
+        if first_order and not self.learned:
+            steps, inner, lrs = [], [], []
+        scaled: list[Params | None] = []  # s_j = alpha_j o g_j, per task
+        with torch.no_grad():
+            for curvature, lr in zip(inner, lrs):
+                if isinstance(lr, dict):
+                    g = curvature.gradient()
+                    scaled.append({k: lr[k].detach() * g[k] for k in self.names})
+                else:
+                    scaled.append(None)
+        lrs = [{k: a.detach() for k, a in lr.items()} if isinstance(lr, dict) else lr for lr in lrs]
         tape = MLPTape(policy, adapted, post_update.observations)
         with torch.no_grad():
             head = make_head(policy, adapted, post_update.actions, tape.output)
@@ -455,32 +501,46 @@ class AdaptationCurvature:
         self.groups = []
         for start in range(0, num_tasks, group_size):
             tasks = slice(start, start + group_size)
-            group = _TaskGroup(
-                [(curvature.select(tasks), lr) for curvature, lr in zip(inner, lrs)],
-                tape.select(tasks),
-                head.select(tasks),
-                weight[tasks],
-            )
+            factors = [
+                (
+                    None if first_order else curvature.select(tasks),
+                    lr,
+                    None if s is None else {k: x[tasks] for k, x in s.items()},
+                )
+                for curvature, lr, s in zip(inner, lrs, scaled)
+            ]
+            group = _TaskGroup(factors, tape.select(tasks), head.select(tasks), weight[tasks])
             self.groups.append((tasks, group))
 
-    def _sum_over_tasks(self, per_group) -> Tensor:
-        total = [sum(x) for x in zip(*([g[k].sum(0) for k in self.names] for g in per_group))]
+    def _sum_over_tasks(self, per_group: list[tuple[Params, Params | None]]) -> Tensor:
+        """Flatten the sums over tasks: theta's parts, then (learned step sizes) rho's."""
+        parts = [theta for theta, _ in per_group]
+        total = [sum(g[k].sum(0) for g in parts) for k in self.names]
+        if self.learned:
+            rhos = [rho for _, rho in per_group]
+            total += [sum(g[k].sum(0) for g in rhos) for k in self.names]
         return flatten(total)
 
     def fisher_vector_product(self, v: Tensor, damping: float = 0.0) -> Tensor:
         """(J^T F J + damping I) v for the flattened meta-parameters."""
-        shared = dict(zip(self.names, unflatten_like(v, self.theta_list)))
+        like = self.theta_list * (2 if self.learned else 1)
+        pieces = unflatten_like(v, like)
+        shared = dict(zip(self.names, pieces))
+        shared_rho = dict(zip(self.names, pieces[len(self.names) :])) if self.learned else None
         products = []
         for _, group in self.groups:
             size = group.weight.shape[0]
             products.append(
-                group.fisher_product({k: x.expand(size, *x.shape) for k, x in shared.items()})
+                group.fisher_product(
+                    {k: x.expand(size, *x.shape) for k, x in shared.items()}, shared_rho
+                )
             )
         return self._sum_over_tasks(products) + damping * v
 
     def surrogate_gradient(self, advantages: Tensor) -> Tensor:
-        """grad_theta of L = -mean_i task_mean(pi_theta'/pi_old' A) at pi_old' = pi_theta':
-        per sample dL/d(output) = -w A d log pi / d(output), then J_out^T and the inner factors."""
+        """grad of L = -mean_i task_mean(pi_theta'/pi_old' A) at pi_old' = pi_theta' (in theta,
+        and rho for learned step sizes): per sample dL/d(output) = -w A d log pi / d(output),
+        then J_out^T and the inner factors."""
         with torch.no_grad():
             return self._sum_over_tasks(
                 [group.surrogate_gradient(advantages[tasks]) for tasks, group in self.groups]

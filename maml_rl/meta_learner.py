@@ -10,7 +10,8 @@ from theta through the inner loop (second order unless ``first_order``) and pi_o
 adapted policy at the current theta. The surrogate's gradient and the KL's curvature come from
 :mod:`maml_rl.fisher` (hand-written passes, ``hvp="gauss_newton"``) or from autograd through
 the second-order adaptation (``hvp="exact"``, the reference); :func:`maml_rl.trpo.trpo_step`
-takes the step.
+takes the step. With Meta-SGD's learned step sizes the meta-parameters are (theta, rho) and both
+paths differentiate in both.
 """
 
 from __future__ import annotations
@@ -105,14 +106,14 @@ class MetaLearner:
 
         The result's ``seconds`` holds ``gradient`` (the surrogate, its meta-gradient and the
         curvature's set-up), ``cg`` and ``line_search``. With learned (Meta-SGD) step sizes
-        the step is taken in (theta, rho) through autograd, as ``hvp=exact`` does.
+        the step is taken in (theta, rho), the parameters' order in ``policy.parameters()``.
         """
         s = self.settings
         if s.hvp not in HVP_METHODS:
             raise ValueError(f"unknown hvp method {s.hvp!r}; choose one of {HVP_METHODS}")
         start = time.perf_counter()
         params = list(self.policy.parameters())
-        if s.hvp == "exact" or learned_step_sizes(self.policy) is not None:
+        if s.hvp == "exact":
             loss, kl, old = self.surrogate_and_kl(inner_data, post_update, None, True)
             gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
             fvp = hessian_vector_product(kl, params, s.cg_damping)
@@ -150,13 +151,12 @@ class MetaLearner:
             keep.append(InnerLossCurvature(self.policy, step))
             return keep[-1].gradient()
 
-        lrs = [s.inner_lr] * len(inner_data)
         with torch.no_grad():
             return adapt_steps(
                 self.policy,
                 self.policy.params(),
                 inner_data,
-                lrs,
+                self.inner_step_sizes(len(inner_data)),
                 s.inner_objective,
                 gradient=gradient,
             )
@@ -170,23 +170,24 @@ class MetaLearner:
         """Surrogate value, meta-gradient and damped Fisher-vector product by hand-written
         passes (:class:`maml_rl.fisher.AdaptationCurvature`); ``cg_subsample`` < 1 builds the
         product's curvature on a random subset of every batch (Schulman et al. 2015, sec. 6).
-        Theta only: a policy with learned (Meta-SGD) step sizes raises ValueError."""
+        With learned (Meta-SGD) step sizes both are in (theta, rho), flattened in the order of
+        ``policy.parameters()`` (theta, then rho)."""
         s = self.settings
-        if learned_step_sizes(self.policy) is not None:
-            raise ValueError(
-                "gradient_and_fvp differentiates in theta only; Meta-SGD's step sizes need "
-                "the autograd path (MetaLearner.step takes it)"
-            )
         theta = self.policy.params()
+        learned = learned_step_sizes(self.policy)
+        if learned is not None:
+            order = [*theta.values(), *learned.log_alpha]
+            if [id(p) for p in self.policy.parameters()] != [id(p) for p in order]:
+                raise ValueError("the policy's parameters are not theta followed by rho")
         inner: list[InnerLossCurvature] = []
         adapted, steps = self._adapt_by_hand(inner_data, inner)
-        if s.first_order:
-            steps, inner = [], []
         with torch.no_grad():
             loss, _, old = self.surrogate_and_kl(inner_data, post_update, None, False, adapted)
         curvature = AdaptationCurvature(
-            self.policy, theta, adapted, steps, post_update, inner=inner
+            self.policy, theta, adapted, steps, post_update, inner=inner, first_order=s.first_order
         )
+        if s.first_order and learned is None:
+            steps = []
         gradient_theta = curvature.surrogate_gradient(post_update.advantages)
         if s.cg_subsample < 1.0:
             gen = generator or torch.Generator().manual_seed(0)
@@ -195,5 +196,7 @@ class MetaLearner:
                 dataclasses.replace(step, data=subsample(step.data, s.cg_subsample, gen))
                 for step in steps
             ]
-            curvature = AdaptationCurvature(self.policy, theta, adapted, steps, post_update_sample)
+            curvature = AdaptationCurvature(
+                self.policy, theta, adapted, steps, post_update_sample, first_order=s.first_order
+            )
         return loss, gradient_theta, lambda v: curvature.fisher_vector_product(v, s.cg_damping), old

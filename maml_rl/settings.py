@@ -123,8 +123,9 @@ class InnerLoopSettings:
     """Meta-SGD (Li et al. 2017): learn one inner step size per policy parameter, alpha =
     exp(rho) > 0 starting at inner_lr, with theta by the outer optimiser; saved with the policy
     and used by evaluation (step j of the test schedule takes alpha * schedule_j / inner_lr).
-    With maml-trpo its meta-step runs through autograd (hvp=exact's path: the hand-written
-    passes cover theta only), so cg_subsample must be 1; :mod:`maml_rl.meta_sgd`."""
+    With maml-trpo the meta-step is taken in (theta, rho), by the hand-written curvature passes
+    (d theta'/d rho = -alpha o grad L per inner step) unless hvp=exact; cg_subsample must be 1;
+    :mod:`maml_rl.meta_sgd`."""
 
 
 @dataclass

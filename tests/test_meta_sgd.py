@@ -1,5 +1,6 @@
 """Meta-SGD (maml_rl.meta_sgd): the adapted parameters by hand, the meta-gradient with respect
-to the learned step sizes against finite differences, the TRPO step in (theta, rho), checkpoints
+to the learned step sizes against finite differences, the hand-written gradient and Fisher
+products in (theta, rho) against autograd, the TRPO step in (theta, rho), checkpoints
 and exact resume, evaluation with the learned step sizes, learning on navigation, the setting."""
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from maml_rl.adaptation import inner_loss
+from maml_rl.adaptation import adapt_steps, inner_loss
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.cli import main
 from maml_rl.config import ConfigError, load_config
 from maml_rl.evaluation import adapt_and_evaluate, sample_test_tasks
+from maml_rl.fisher import AdaptationCurvature
 from maml_rl.meta_learner import MetaLearner
 from maml_rl.meta_sgd import learn_step_sizes, learned_step_sizes, step_sizes_for
-from maml_rl.policy import GaussianMLPPolicy, replicate
+from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy, replicate
 from maml_rl.report import EvalSettings
 from maml_rl.run import load_policy, resume, train
 from maml_rl.settings import MetaLearnerSettings
+from maml_rl.trpo import flatten, hessian_vector_product
 from tests.conftest import (
     logged_numbers,
     post_update_returns,
@@ -104,8 +107,107 @@ def test_trpo_step_moves_theta_and_the_step_sizes_inside_the_trust_region():
     moved = {k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])}
     assert any(k.startswith("inner_step_sizes.") for k in moved)
     assert any(k.startswith("layers.") for k in moved)
-    with pytest.raises(ValueError, match="Meta-SGD"):
-        learner.gradient_and_fvp(inner, post, None)
+
+
+def _curvature_case(policy_kind, objective, first_order, inner_steps):
+    """A float64 policy with spread learned step sizes, 4 tasks of 3 steps x 2 episodes."""
+    torch.manual_seed(7)
+    if policy_kind == "categorical":
+        policy = CategoricalMLPPolicy(3, 4, (6, 5), "relu").to(D)
+    else:
+        policy = GaussianMLPPolicy(3, 2, (6, 5), "tanh", init_std=0.7).to(D)
+    learn_step_sizes(policy, 0.3)
+    with torch.no_grad():
+        for rho in learned_step_sizes(policy).log_alpha:
+            rho.add_(0.5 * torch.randn_like(rho))
+
+    def data(seed):
+        batch = random_loss_inputs(4, 6, 3, 2, seed=seed)._replace(episodes=2)
+        if policy_kind == "categorical":
+            actions = torch.randint(4, (4, 6), generator=torch.Generator().manual_seed(seed))
+            batch = batch._replace(actions=actions)
+        return batch
+
+    settings = MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order)
+    return policy, MetaLearner(policy, settings), [data(s) for s in range(inner_steps)], data(99)
+
+
+CURVATURE_CASES = [
+    ("gaussian", "reinforce", False, 1),
+    ("gaussian", "reinforce", False, 2),
+    ("gaussian", "lvc", False, 2),
+    ("gaussian", "dice", False, 1),
+    ("gaussian", "reinforce", True, 1),
+    ("gaussian", "lvc", True, 2),
+    ("categorical", "reinforce", False, 2),
+    ("categorical", "reinforce", True, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy_kind", "objective", "first_order", "inner_steps"), CURVATURE_CASES
+)
+def test_hand_written_gradient_and_fisher_product_in_theta_and_rho_equal_autograd(
+    policy_kind, objective, first_order, inner_steps
+):
+    """The meta-step's passes by hand (:class:`maml_rl.fisher.AdaptationCurvature` with
+    per-parameter step sizes) against autograd through the adaptation in (theta, rho): the
+    surrogate's gradient and the double-backward KL Hessian, including the rho-rho and
+    theta-rho blocks (d theta'/d rho = -alpha o g per step)."""
+    policy, learner, inner, post = _curvature_case(policy_kind, objective, first_order, inner_steps)
+    loss, kl, _ = learner.surrogate_and_kl(inner, post)
+    params = list(policy.parameters())
+    expected_gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
+    exact = hessian_vector_product(kl, params, damping=learner.settings.cg_damping)
+    value, gradient, fvp, _ = learner.gradient_and_fvp(inner, post, None)
+    assert math.isclose(float(value), float(loss.detach()), rel_tol=1e-12)
+    size = sum(p.numel() for p in params)
+    assert gradient.shape == (size,)
+    theta_size = sum(p.numel() for p in policy.params().values())
+    assert expected_gradient[theta_size:].abs().max() > 1e-6  # rho's gradient is not zero
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-10, atol=1e-12)
+    for seed in range(3):
+        v = torch.randn(size, dtype=D, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(fvp(v), exact(v), rtol=1e-10, atol=1e-12)
+    rho_only = torch.zeros(size, dtype=D)
+    rho_only[theta_size:] = 1.0
+    assert exact(rho_only)[:theta_size].abs().max() > 1e-6  # the theta-rho block is exercised
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_task_groups_sum_the_rho_parts_too(group_size):
+    policy, learner, inner, post = _curvature_case("gaussian", "lvc", False, 2)
+    theta = policy.params()
+    adapted, steps = adapt_steps(
+        policy, theta, inner, learner.inner_step_sizes(2), "lvc", create_graph=False
+    )
+    whole = AdaptationCurvature(policy, theta, adapted, steps, post)
+    grouped = AdaptationCurvature(policy, theta, adapted, steps, post, group_size=group_size)
+    v = torch.randn(2 * sum(p.numel() for p in theta.values()), dtype=D)
+    torch.testing.assert_close(
+        grouped.fisher_vector_product(v, 0.01), whole.fisher_vector_product(v, 0.01)
+    )
+    torch.testing.assert_close(
+        grouped.surrogate_gradient(post.advantages), whole.surrogate_gradient(post.advantages)
+    )
+
+
+def test_meta_step_by_hand_equals_the_exact_reference():
+    """A whole TRPO meta-step in (theta, rho) through two inner steps: hand-written products
+    (``hvp=gauss_newton``) and autograd's (``hvp=exact``) take the same step."""
+    updates = []
+    for hvp in ("gauss_newton", "exact"):
+        policy, _, _, _ = _problem()
+        inner = [random_loss_inputs(3, 40, 3, 2, seed=10 + j) for j in range(2)]
+        post = random_loss_inputs(3, 40, 3, 2, seed=20)
+        learner = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.1, hvp=hvp))
+        before = flatten([p.detach().clone() for p in policy.parameters()])
+        result = learner.step(inner, post)
+        assert result.accepted and 0 < result.kl <= learner.settings.max_kl * 1.0001
+        updates.append(flatten([p.detach() for p in policy.parameters()]) - before)
+    theta_size = sum(p.numel() for p in policy.params().values())
+    assert updates[0][theta_size:].abs().max() > 1e-4  # the step sizes move
+    torch.testing.assert_close(updates[0], updates[1], rtol=1e-8, atol=1e-12)
 
 
 def test_theta_excludes_the_step_sizes_and_the_schedule_scales_them():
