@@ -14,7 +14,10 @@ per task
     J v = J_out (I - alpha H_in) v,        J^T z = (I - alpha H_in) J_out^T z,
 
 and the meta-gradient is grad_theta L = (I - alpha H_in) grad_theta' L (one factor per inner
-step, applied in reverse order; H_in is symmetric).
+step, applied in reverse order; H_in is symmetric). With Meta-SGD's learned step sizes
+alpha = exp(rho) (Li et al. 2017; :mod:`maml_rl.meta_sgd`) the meta-parameters are (theta, rho)
+and an inner step contributes d theta'/d theta = I - diag(alpha) H_in and d theta'/d rho =
+-diag(alpha o g_in), g_in the task's inner gradient.
 
 Every product here is computed by explicit passes over activations cached once per meta-step
 (:class:`MLPTape`): J_out u is a forward-mode (R-op) pass, J_out^T z an ordinary backward pass

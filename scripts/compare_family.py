@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,10 +191,13 @@ def evaluate_runs(
     return out
 
 
-def time_variants(curves: dict[str, list[Curve]], iterations: int) -> dict[str, float]:
+def time_variants(
+    curves: dict[str, list[Curve]], iterations: int, overrides: Sequence[str] = ()
+) -> dict[str, float]:
     """Seconds per iteration of each variant alone: a fresh run of ``iterations`` iterations
-    with the config of the variant's first run, one variant at a time, in this machine's
-    state; the median of ``time/iteration_s`` over iterations 2..N (the first warms up)."""
+    with the config of the variant's first run (and ``overrides``, e.g. thread counts), one
+    variant at a time, in this machine's state; the median of ``time/iteration_s`` over
+    iterations 2..N (the first warms up)."""
     if iterations < 2:
         raise ValueError("--time-iterations must be >= 2 (the first iteration is dropped)")
     out: dict[str, float] = {}
@@ -213,6 +217,7 @@ def time_variants(curves: dict[str, list[Curve]], iterations: int) -> dict[str, 
                 "run_name=timed",
                 "progress_bar=false",
                 f"checkpoint_every={iterations}",
+                *overrides,
             ]
             subprocess.run(command, check=True, capture_output=True, timeout=3600)
             timed = read_curve(Path(tmp) / "timed", name)
@@ -320,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-commands", action="store_true", help="print the runs' commands")
     parser.add_argument("--config", default="navigation", help="preset (with --print-commands)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--extra", default="", help="more --set keys for every run")
+    parser.add_argument(
+        "--extra", default="", help="more --set keys for every run (and every timing run)"
+    )
     parser.add_argument(
         "--time-iterations", type=int, default=0, help="time each variant alone (0: don't)"
     )
@@ -334,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is None or args.out is None:
         parser.error("--runs and --out are needed (or --print-commands)")
     curves = collect(args.runs)
-    timed = time_variants(curves, args.time_iterations) if args.time_iterations else None
+    timed = None
+    if args.time_iterations:
+        timed = time_variants(curves, args.time_iterations, args.extra.split())
     summary = summarise(curves, args.smooth, timed=timed)
     evaluation = None
     if args.eval_tasks:
