@@ -212,12 +212,12 @@ def time_variants(
                 "--config",
                 str(runs[0].path / "config.yaml"),
                 "--set",
+                *overrides,  # first: the timing's own keys below win
                 f"num_iterations={iterations}",
                 f"log_dir={tmp}",
                 "run_name=timed",
                 "progress_bar=false",
                 f"checkpoint_every={iterations}",
-                *overrides,
             ]
             subprocess.run(command, check=True, capture_output=True, timeout=3600)
             timed = read_curve(Path(tmp) / "timed", name)
