@@ -252,7 +252,8 @@ def plot(
         grid = min(axis(c)[-1] for c in runs)
         xs = np.linspace(0.0, grid, 200)
         ys = np.array([np.interp(xs, axis(c), smooth(c.post_return, window)) for c in runs])
-        line = ax.plot(xs, ys.mean(0), label=f"{VARIANTS[name][0]} ({len(runs)} seeds)")
+        seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
+        line = ax.plot(xs, ys.mean(0), label=f"{VARIANTS[name][0]} ({seeds})")
         if len(runs) > 1:
             ax.fill_between(xs, ys.min(0), ys.max(0), color=line[0].get_color(), alpha=0.15)
     ax.set_xlabel(
@@ -268,6 +269,11 @@ def plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _mean_sd(mean: float, sd: float, seeds: int) -> str:
+    """``mean ± sd`` over seeds; the mean alone for one seed (no spread measured)."""
+    return f"{mean:.2f} ± {sd:.2f}" if seeds > 1 else f"{mean:.2f}"
 
 
 def markdown(summary: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
@@ -290,7 +296,8 @@ def markdown(summary: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
         )
         row = (
             f"| {v['label']} | {len(v['seeds'])} | {max(v['iterations'])} | "
-            f"{v['final_return']:.2f} ± {v['final_return_sd']:.2f} | {v['wall_s']:.0f} | "
+            f"{_mean_sd(v['final_return'], v['final_return_sd'], len(v['seeds']))} | "
+            f"{v['wall_s']:.0f} | "
             f"{to_target} |"
         )
         if timed:
@@ -300,7 +307,9 @@ def markdown(summary: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
             )
         if evaluation is not None:
             e = evaluation[name]
-            row += "".join(f" {m:.2f} ± {s:.2f} |" for m, s in zip(e["mean"], e["sd"]))
+            row += "".join(
+                f" {_mean_sd(m, s, len(v['seeds']))} |" for m, s in zip(e["mean"], e["sd"])
+            )
         lines.append(row)
     return "\n".join(lines) + "\n"
 

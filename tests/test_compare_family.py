@@ -61,7 +61,9 @@ def test_summary_target_and_seconds_to_reach_it_by_hand(tmp_path):
     assert seconds_to_reach(curves["first-order"][0], 0.0, 2) is None
     table = markdown(summary, None).splitlines()
     assert table[2].startswith("| MAML-TRPO | 2 | 4 | -6.25 ± 1.77 | 8 | 8 (1/2) |")
-    assert table[3].startswith("| first-order MAML-TRPO | 1 | 4 | -5.00 ± 0.00 | 4 | 3 (1/1) |")
+    assert table[3].startswith(
+        "| first-order MAML-TRPO | 1 | 4 | -5.00 | 4 | 3 (1/1) |"
+    )  # one seed: no sd
     # timed alone at 0.5 and 3 s per iteration: iterations to target (4 and 3) times the rate
     timed = summarise(curves, window=2, timed={"maml-trpo": 0.5, "first-order": 3.0})
     assert timed["variants"]["maml-trpo"]["iterations_to_target"] == [4, None]
@@ -106,3 +108,38 @@ def test_the_script_on_tiny_runs(tmp_path, capsys):
     assert "| Meta-SGD-TRPO | 1 | 2 |" in printed and "target:" in printed
     rate = result["summary"]["variants"]["meta-sgd"]["timed_s_per_iteration"]
     assert 0 < rate < 60
+
+
+FAMILY_RESULTS = Path(__file__).resolve().parents[1] / "results" / "maml-family"
+COMMITTED_RUNS = sorted(
+    (task.name, run.name)
+    for task in FAMILY_RESULTS.glob("*")
+    for run in (task / "variants").glob("*-s1")
+    if (run / "checkpoint.pt").is_file()
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "run"), COMMITTED_RUNS)
+def test_committed_comparison_policy_reaches_its_recorded_return(task, run):
+    """Each committed seed-1 policy of the comparison, evaluated again at 1 step, gives the
+    1-step test return comparison.json records for it."""
+    from maml_rl.evaluation import evaluate_method, load_method, sample_test_tasks
+    from maml_rl.report import EvalSettings
+
+    recorded = json.loads((FAMILY_RESULTS / task / "comparison.json").read_text())["evaluation"]
+    variant, seed = run.rsplit("-s", 1)
+    per_seed = dict(zip(recorded_seeds(task, variant), recorded[variant]["per_seed"]))
+    method = load_method(FAMILY_RESULTS / task / "variants" / run)
+    settings = EvalSettings(
+        num_tasks=recorded["num_tasks"], num_steps=1, test_tasks=recorded["test_tasks"]
+    )
+    tasks = sample_test_tasks(method.config, settings.num_tasks, settings.seed, settings.test_tasks)
+    now = float(evaluate_method(method, tasks, settings).returns.mean(axis=1)[1])
+    expected = per_seed[int(seed)][1]
+    assert abs(now - expected) <= max(0.02 * abs(expected), 0.5), (now, expected)
+
+
+def recorded_seeds(task: str, variant: str) -> list[int]:
+    summary = json.loads((FAMILY_RESULTS / task / "comparison.json").read_text())["summary"]
+    return summary["variants"][variant]["seeds"]
