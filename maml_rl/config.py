@@ -152,11 +152,6 @@ class TrainConfig(
             "must be 1 with inner_objective=dice: its curvature couples an episode's steps",
         )
         need(
-            self.cg_subsample == 1 or not self.meta_sgd,
-            "cg_subsample",
-            "must be 1 with meta_sgd=true: its curvature in the step sizes uses every sample",
-        )
-        need(
             self.num_inner_steps >= 1 or not self.meta_sgd,
             "meta_sgd",
             "learns inner step sizes: it needs num_inner_steps >= 1",

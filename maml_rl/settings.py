@@ -124,8 +124,7 @@ class InnerLoopSettings:
     exp(rho) > 0 starting at inner_lr, with theta by the outer optimiser; saved with the policy
     and used by evaluation (step j of the test schedule takes alpha * schedule_j / inner_lr).
     With maml-trpo the meta-step is taken in (theta, rho), by the hand-written curvature passes
-    (d theta'/d rho = -alpha o grad L per inner step) unless hvp=exact; cg_subsample must be 1;
-    :mod:`maml_rl.meta_sgd`."""
+    (d theta'/d rho = -alpha o grad L per inner step) unless hvp=exact; :mod:`maml_rl.meta_sgd`."""
 
 
 @dataclass

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from maml_rl.adaptation import adapt_steps, inner_loss
+from maml_rl.batch import task_mean
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.cli import main
 from maml_rl.config import ConfigError, load_config
 from maml_rl.evaluation import adapt_and_evaluate, sample_test_tasks
-from maml_rl.fisher import AdaptationCurvature
+from maml_rl.fisher import AdaptationCurvature, subsample
 from maml_rl.meta_learner import MetaLearner
 from maml_rl.meta_sgd import learn_step_sizes, learned_step_sizes, step_sizes_for
 from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy, replicate
@@ -295,7 +296,6 @@ def test_short_navigation_training_improves_post_adaptation_return(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["meta_sgd=true", "cg_subsample=0.5"], "'cg_subsample'.*meta_sgd=true"),
         (["meta_sgd=true", "num_inner_steps=0"], "'meta_sgd'.*num_inner_steps >= 1"),
         (["meta_sgd=yes please"], "'meta_sgd'"),
     ],
@@ -310,3 +310,50 @@ def test_train_help_names_meta_sgd_and_its_paper(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "meta_sgd [False]: Meta-SGD (Li et al. 2017)" in out
+
+
+@pytest.mark.parametrize(("objective", "first_order"), [("reinforce", False), ("lvc", True)])
+def test_subsampled_curvature_in_theta_and_rho_equals_autograd_on_the_subsample(
+    objective, first_order
+):
+    """``cg_subsample`` < 1 with learned step sizes: the product is the KL Hessian on the same
+    random columns (the post-update batch's and the inner batch's, drawn in that order from
+    seed 0), through the inner step's Jacobian on the inner subsample, at the full batch's
+    theta'. The autograd reference: theta'(theta, rho) = theta'_full + (theta - alpha o
+    g_sub(theta)) - (its value at the current point), so its Jacobian is the subsample's."""
+    fraction = 0.5
+    policy, _, inner, post = _curvature_case("gaussian", objective, first_order, 1)
+    settings = MetaLearnerSettings(
+        inner_lr=0.3, inner_objective=objective, first_order=first_order, cg_subsample=fraction
+    )
+    learner = MetaLearner(policy, settings)
+    _, _, fvp, _ = learner.gradient_and_fvp(inner, post, None)
+
+    generator = torch.Generator().manual_seed(0)
+    post_sub = subsample(post, fraction, generator)
+    inner_sub = subsample(inner[0], fraction, generator)
+    theta = policy.params()
+    alphas = learned_step_sizes(policy).alphas()
+    full = {k: v.detach() for k, v in learner.adapt(inner).items()}
+
+    def adapted_on_subsample() -> dict[str, torch.Tensor]:
+        per_task = replicate(theta, 4)
+        loss = inner_loss(policy, per_task, inner_sub, objective).sum()
+        grads = torch.autograd.grad(loss, list(per_task.values()), create_graph=not first_order)
+        return {k: p - alphas[k] * g for (k, p), g in zip(per_task.items(), grads)}
+
+    moving = adapted_on_subsample()
+    at_point = {k: v.detach() for k, v in moving.items()}
+    adapted = {k: full[k] + moving[k] - at_point[k] for k in full}
+    output = policy(post_sub.observations, adapted)
+    old = tuple(x.detach() for x in output) if isinstance(output, tuple) else output.detach()
+    kl = task_mean(policy.kl(old, output), post_sub.mask).mean()
+    params = list(policy.parameters())
+    exact = hessian_vector_product(kl, params, damping=settings.cg_damping)
+    size = sum(p.numel() for p in params)
+    for seed in range(2):
+        v = torch.randn(size, dtype=D, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(fvp(v), exact(v), rtol=1e-10, atol=1e-12)
+    learner_full = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3, inner_objective=objective))
+    v = torch.randn(size, dtype=D, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(learner_full.gradient_and_fvp(inner, post, None)[2](v), fvp(v))
