@@ -135,11 +135,14 @@ def _load_config(args: argparse.Namespace):  # -> TrainConfig
     return load_config(args.config, args.set)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(
+    p: argparse.ArgumentParser, config_help: str | None = None, set_help: str | None = None
+) -> None:
     p.add_argument(
         "--config",
         default=None,
-        help="a preset name (`maml-rl presets`) or a YAML file of config keys; default: the "
+        help=config_help
+        or "a preset name (`maml-rl presets`) or a YAML file of config keys; default: the "
         f"built-in defaults listed below (run name '{DEFAULT_CONFIG_NAME}')",
     )
     p.add_argument(
@@ -147,7 +150,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="override config keys, e.g. --set seed=2 inner_lr=0.5 device=cuda",
+        help=set_help or "override config keys, e.g. --set seed=2 inner_lr=0.5 device=cuda",
     )
 
 
@@ -177,7 +180,12 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also evaluate an untrained policy (from --config, else the first run's config)",
     )
-    _add_config_args(p)
+    _add_config_args(
+        p,
+        "the config of --random-init's untrained policy: a preset name (`maml-rl presets`) or "
+        "a YAML file; default: the first run's config",
+        "override keys of that config, e.g. --set hidden_sizes=[64,64]",
+    )
     p.add_argument("--num-tasks", type=int, default=40, help="test tasks (default 40)")
     p.add_argument("--num-steps", type=int, default=3, help="gradient steps (default 3)")
     p.add_argument(

@@ -144,7 +144,24 @@ def load_method(path: str | Path, label: str | None = None) -> Method:
         model, config = load_oracle(path)
         return Method(label or DEFAULT_LABELS[kind], kind, str(path), config, oracle=model)
     policy, config = load_policy(path)
-    return Method(label or DEFAULT_LABELS[kind], kind, str(path), config, policy=policy)
+    default = maml_variant_label(config) if kind == "maml" else DEFAULT_LABELS[kind]
+    return Method(label or default, kind, str(path), config, policy=policy)
+
+
+def maml_variant_label(config: TrainConfig) -> str:
+    """A meta-trained run's default legend name from its settings: ``MAML`` for the paper's
+    MAML-TRPO, else the variant (``ProMP``, ``MAML-PPO``, ``first-order MAML``, ``MAML + DiCE``,
+    ``Meta-SGD``, combined as set)."""
+    name = {"promp": "ProMP", "maml-ppo": "MAML-PPO"}.get(config.algorithm, "MAML")
+    if config.first_order:
+        name = f"first-order {name}"
+    if config.inner_objective == "dice":
+        name = f"{name} + DiCE"
+    elif config.inner_objective == "lvc" and config.algorithm != "promp":
+        name = f"{name} + LVC"
+    if config.meta_sgd:
+        name = f"Meta-SGD ({name})" if name != "MAML" else "Meta-SGD"
+    return name
 
 
 def evaluate_method(

@@ -52,6 +52,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
 }
 """Variant name -> (label, the ``--set`` keys that make it from a preset)."""
 
+LINE_STYLES: list[Any] = ["-", "--", "-.", ":", (0, (6, 2)), (0, (3, 1, 1, 1, 1, 1))]
+"""One line style per variant, so that curves lying on each other stay visible."""
+
 RUN_NAME = re.compile(r"^(?P<variant>[a-z0-9-]+)-s(?P<seed>\d+)$")
 
 
@@ -140,7 +143,10 @@ def summarise(
     return (the mean over its seeds) per seed; with ``timed`` (seconds per iteration alone, by
     variant) also the seconds to the target at that rate."""
     if reference not in curves:
-        raise ValueError(f"the reference variant {reference!r} has no runs")
+        raise ValueError(
+            f"no {reference}-s<seed> run: --runs takes the folder holding the <variant>-s<seed> "
+            "run folders"
+        )
     target = float(np.mean([final_smoothed(c, window) for c in curves[reference]]))
     out: dict[str, Any] = {"target": target, "reference": reference, "window": window}
     variants: dict[str, Any] = {}
@@ -181,6 +187,7 @@ def evaluate_runs(
     for name, runs in curves.items():
         per_seed = []
         for curve in runs:
+            print(f"evaluating {curve.path.name} ...", file=sys.stderr, flush=True)
             method = load_method(curve.path, VARIANTS[name][0])
             tasks = sample_test_tasks(method.config, num_tasks, settings.seed, test_tasks)
             result = evaluate_method(method, tasks, settings)
@@ -202,6 +209,7 @@ def time_variants(
         raise ValueError("--time-iterations must be >= 2 (the first iteration is dropped)")
     out: dict[str, float] = {}
     for name, runs in curves.items():
+        print(f"timing {name} alone ({iterations} iterations) ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             command = [
                 sys.executable,
@@ -253,7 +261,8 @@ def plot(
         xs = np.linspace(0.0, grid, 200)
         ys = np.array([np.interp(xs, axis(c), smooth(c.post_return, window)) for c in runs])
         seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
-        line = ax.plot(xs, ys.mean(0), label=f"{VARIANTS[name][0]} ({seeds})")
+        style = LINE_STYLES[list(VARIANTS).index(name) % len(LINE_STYLES)]
+        line = ax.plot(xs, ys.mean(0), linestyle=style, label=f"{VARIANTS[name][0]} ({seeds})")
         if len(runs) > 1:
             ax.fill_between(xs, ys.min(0), ys.max(0), color=line[0].get_color(), alpha=0.15)
     ax.set_xlabel(
@@ -265,7 +274,7 @@ def plot(
     ax.set_ylabel(f"post-update return (moving mean of {window} iterations)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -323,14 +332,31 @@ def train_command(variant: str, config: str, seed: int, runs: str, extra: str = 
     )
 
 
+def reused(path: Path, variants: Sequence[str]) -> tuple[dict[str, float] | None, Any]:
+    """The seconds per iteration alone and the evaluation recorded in a ``comparison.json``
+    (``--reuse``), so that its figures and tables are redrawn without timing or evaluating."""
+    recorded = json.loads(path.read_text())
+    rates = {k: v.get("timed_s_per_iteration") for k, v in recorded["summary"]["variants"].items()}
+    missing = [v for v in variants if rates.get(v) is None]
+    timed = None if missing else {v: float(rates[v]) for v in variants}
+    evaluation = recorded.get("evaluation")
+    if evaluation is not None and any(v not in evaluation for v in variants):
+        raise ValueError(f"{path} has no evaluation of every variant under --runs")
+    return timed, evaluation
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="compare_family.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--runs", type=Path, help="folder of <variant>-s<seed> run folders")
     parser.add_argument("--out", type=Path, help="where the figures and tables go")
     parser.add_argument("--smooth", type=int, default=10, help="moving-mean window (iterations)")
     parser.add_argument("--eval-tasks", type=int, default=40, help="test tasks (0: no evaluation)")
     parser.add_argument("--test-tasks", default="seeded", choices=["seeded", "authors"])
-    parser.add_argument("--title", default="", help="figure title prefix")
+    parser.add_argument("--title", default="", help="figure title (default: the task's folder)")
     parser.add_argument("--print-commands", action="store_true", help="print the runs' commands")
     parser.add_argument("--config", default="navigation", help="preset (with --print-commands)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -340,8 +366,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--time-iterations", type=int, default=0, help="time each variant alone (0: don't)"
     )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="a comparison.json whose timing alone and evaluation to reuse (redraw only)",
+    )
     args = parser.parse_args(argv)
     if args.print_commands:
+        from maml_rl.config import preset_names
+
+        if args.config not in preset_names() and not Path(args.config).is_file():
+            parser.error(f"--config {args.config!r}: not a preset ({preset_names()}) or a file")
         for seed in args.seeds:
             for variant in VARIANTS:
                 runs = str(args.runs or "runs")
@@ -349,16 +384,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.runs is None or args.out is None:
         parser.error("--runs and --out are needed (or --print-commands)")
+    if not args.runs.is_dir():
+        parser.error(f"--runs {args.runs}: no such folder")
+    if args.time_iterations and args.reuse:
+        parser.error("--time-iterations and --reuse exclude each other")
+    if args.time_iterations == 1 or args.time_iterations < 0:
+        parser.error("--time-iterations must be 0 or >= 2 (the first iteration is dropped)")
+    try:
+        return _compare(args)
+    except (ValueError, OSError, KeyError) as err:
+        parser.error(str(err))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Read, time, evaluate, draw and tabulate (``main``'s work once its arguments are checked)."""
     curves = collect(args.runs)
-    timed = None
-    if args.time_iterations:
+    timed, evaluation = None, None
+    if args.reuse:
+        timed, evaluation = reused(args.reuse, list(curves))
+    elif args.time_iterations:
         timed = time_variants(curves, args.time_iterations, args.extra.split())
     summary = summarise(curves, args.smooth, timed=timed)
-    evaluation = None
-    if args.eval_tasks:
+    if args.eval_tasks and not args.reuse:
         evaluation = evaluate_runs(curves, args.eval_tasks, 3, args.test_tasks)
     args.out.mkdir(parents=True, exist_ok=True)
-    title = args.title or args.runs.name
+    folder = args.runs.resolve()
+    title = args.title or (folder.parent.name if folder.name == "variants" else folder.name)
     plot(curves, args.smooth, "env_steps", args.out / "return_vs_env_steps.png", title)
     plot(curves, args.smooth, "wall_s", args.out / "return_vs_wall_seconds.png", title, timed)
     result = {"summary": summary, "evaluation": evaluation}

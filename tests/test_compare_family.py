@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from compare_family import (
 
 from maml_rl.run import train
 from tests.conftest import tiny_config
+
+FAMILY_RESULTS = Path(__file__).resolve().parents[1] / "results" / "maml-family"
 
 
 def _write_run(root: Path, name: str, returns: list[float], seconds: float) -> Path:
@@ -82,8 +85,39 @@ def test_bad_run_folders_are_named(tmp_path):
     _write_run(other, "trpo_seed1", [1.0], 1.0)
     with pytest.raises(ValueError, match="named <variant>-s<seed>"):
         collect(other)
-    with pytest.raises(ValueError, match="reference variant 'maml-trpo' has no runs"):
+    with pytest.raises(ValueError, match="no maml-trpo-s<seed> run: --runs takes the folder"):
         summarise({}, 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runs", "{tmp}/missing", "--out", "{tmp}/o"], "--runs .*missing: no such folder"),
+        (["--runs", "{tmp}/bad", "--out", "{tmp}/o"], "run folders are named <variant>-s<seed>"),
+        (["--runs", "{tmp}/bad", "--out", "{tmp}/o", "--time-iterations", "1"], "0 or >= 2"),
+        (["--print-commands", "--config", "navigaton"], "'navigaton': not a preset"),
+    ],
+)
+def test_user_mistakes_are_one_line(tmp_path, capsys, args, message):
+    _write_run(tmp_path / "bad", "trpo_seed1", [1.0], 1.0)
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith("compare_family.py: error:") and re.search(message, error), error
+
+
+@pytest.mark.parametrize("task", ["navigation", "halfcheetah-dir-rllab"])
+def test_committed_comparison_redraws_with_reuse(tmp_path, task):
+    """``--reuse`` the committed comparison.json: the committed table again, from the
+    committed runs' progress files, without timing or evaluating."""
+    folder = FAMILY_RESULTS / task
+    args = ["--runs", str(folder / "variants"), "--out", str(tmp_path)]
+    assert main([*args, "--reuse", str(folder / "comparison.json")]) == 0
+    assert (tmp_path / "comparison.md").read_text() == (folder / "comparison.md").read_text()
+    assert (tmp_path / "return_vs_wall_seconds.png").stat().st_size > 10_000
 
 
 def test_train_commands_make_each_variant():
@@ -110,7 +144,6 @@ def test_the_script_on_tiny_runs(tmp_path, capsys):
     assert 0 < rate < 60
 
 
-FAMILY_RESULTS = Path(__file__).resolve().parents[1] / "results" / "maml-family"
 COMMITTED_RUNS = sorted(
     (task.name, run.name)
     for task in FAMILY_RESULTS.glob("*")

@@ -329,3 +329,23 @@ def test_committed_policy_reaches_its_recorded_return(name):
     report = evaluate([load_method(run)], settings, plots=False, stdout=False)
     margin = max(2.0 * maml["stderr"][1], 0.5)
     assert report.results[0].mean[1] >= maml["mean"][1] - margin
+
+
+@pytest.mark.parametrize(
+    ("overrides", "label"),
+    [
+        ([], "MAML"),
+        (["first_order=true"], "first-order MAML"),
+        (["algorithm=promp", "inner_objective=lvc"], "ProMP"),
+        (["algorithm=maml-ppo"], "MAML-PPO"),
+        (["inner_objective=dice"], "MAML + DiCE"),
+        (["inner_objective=lvc"], "MAML + LVC"),
+        (["meta_sgd=true"], "Meta-SGD"),
+        (["meta_sgd=true", "algorithm=maml-ppo"], "Meta-SGD (MAML-PPO)"),
+    ],
+)
+def test_a_runs_default_label_names_its_variant(overrides, label):
+    from maml_rl.config import load_config
+    from maml_rl.evaluation import maml_variant_label
+
+    assert maml_variant_label(load_config("navigation", overrides)) == label
