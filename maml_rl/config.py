@@ -229,6 +229,26 @@ SETTINGS_SOURCE = Path(__file__).parent / "settings.py"
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+class StrictBoolLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: ``true``/``false`` (any case) only. PyYAML's YAML 1.1
+    also reads yes/no/on/off/y/n as booleans, so ``meta_sgd=yes`` would pass silently; here
+    such a value stays a string and a boolean key rejects it with one line."""
+
+
+StrictBoolLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+StrictBoolLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with :class:`StrictBoolLoader`'s booleans (configs and overrides)."""
+    return yaml.load(text, Loader=StrictBoolLoader)
+
+
 def preset_names() -> list[str]:
     """Names of the presets shipped in ``maml_rl/presets``."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -236,7 +256,7 @@ def preset_names() -> list[str]:
 
 def _read_mapping(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -290,7 +310,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = load_yaml(value)
         except yaml.YAMLError as err:
             raise ConfigError(f"cannot parse the value of override {pair!r}: {err}") from err
     return out
