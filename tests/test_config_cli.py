@@ -119,6 +119,6 @@ def test_dice_with_a_subsampled_fisher_is_refused_in_one_line():
 @pytest.mark.parametrize("value", ["yes", "no", "on", "off", "y"])
 def test_yaml_1_1_booleans_are_refused_for_a_boolean_key(value):
     """``meta_sgd=yes`` is not read as true (PyYAML's YAML 1.1 would): one clear line."""
-    with pytest.raises(ConfigError, match="'meta_sgd'.*must be true or false"):
+    with pytest.raises(ConfigError, match=r"'meta_sgd'.*must be true or false"):
         load_config(None, [f"meta_sgd={value}"])
     assert load_config(None, ["meta_sgd=True"]).meta_sgd is True
