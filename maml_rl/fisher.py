@@ -367,6 +367,11 @@ def task_group_size(num_tasks: int, samples: int, width: int, itemsize: int, cud
     return max(1, min(num_tasks, CACHE_BYTES // (12 * samples * width * itemsize)))
 
 
+def _times(lr: float | Params, name: str, x: Tensor) -> Tensor:
+    """alpha o x for parameter ``name``: a scalar step size, or its per-parameter tensor."""
+    return lr[name] * x if isinstance(lr, dict) else lr * x
+
+
 class _TaskGroup:
     """The tapes of a contiguous group of tasks: their inner steps' loss curvatures (with step
     sizes), the post-update tape and head, and the KL / surrogate average's weights.
@@ -385,17 +390,13 @@ class _TaskGroup:
         weight: Tensor,
     ) -> None:
         self.inner, self.tape, self.head, self.weight = inner, tape, head, weight
-        self.learned = any(s is not None for _, _, s in inner)
 
     def forward_through_inner(self, u: Params, v_rho: Params | None) -> Params:
         """J_in (v, v_rho): u_j = (I - alpha_j H_j) u_{j-1} - s_j o v_rho, with u_0 = v."""
         for curvature, lr, s in self.inner:
             if curvature is not None:
                 hv = curvature(u)
-                if isinstance(lr, dict):
-                    u = {k: x - lr[k] * hv[k] for k, x in u.items()}
-                else:
-                    u = {k: x - lr * hv[k] for k, x in u.items()}
+                u = {k: x - _times(lr, k, hv[k]) for k, x in u.items()}
             if s is not None and v_rho is not None:
                 u = {k: x - s[k] * v_rho[k] for k, x in u.items()}
         return u
@@ -410,10 +411,10 @@ class _TaskGroup:
                 rho = part if rho is None else {k: rho[k] + part[k] for k in rho}
             if curvature is None:
                 continue
-            if isinstance(lr, dict):
+            if isinstance(lr, dict):  # H_j diag(alpha_j): alpha first
                 hv = curvature({k: lr[k] * x for k, x in u.items()})
                 u = {k: x - hv[k] for k, x in u.items()}
-            else:
+            else:  # a scalar commutes with H_j: scaled after, as before Meta-SGD (same bits)
                 hv = curvature(u)
                 u = {k: x - lr * hv[k] for k, x in u.items()}
         return u, rho
