@@ -7,6 +7,7 @@ from maml_rl.advantages import (
     discounted_returns,
     fit_linear_baseline,
     gae,
+    normal_equations,
     normalize_per_task,
 )
 
@@ -121,3 +122,42 @@ def test_linear_baseline_survives_a_change_of_torch_threads_at_ant_size():
         y = returns.numpy()[:, task].reshape(-1)
         expected = np.linalg.solve(phi.T @ phi + 1e-5 * np.eye(254), phi.T @ y)
         np.testing.assert_allclose(weights[task].numpy(), expected, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("steps", "tasks", "episodes", "features"),
+    [
+        (100, 20, 20, 6),  # navigation: 2-d observations
+        (200, 40, 20, 44),  # rllab half-cheetah: 20-d
+        (30, 40, 10, 254),  # rllab ant: 125-d (fewer steps and episodes)
+        (7, 3, 5, 1),
+    ],
+)
+def test_normal_equations_equal_the_einsums_bit_for_bit(steps, tasks, episodes, features):
+    """X^T X and X^T y from the one contiguous copy equal the einsums the baseline used before,
+    exactly (results of a run must not change), on float32 features with padded zero rows."""
+    gen = torch.Generator().manual_seed(features)
+    obs = torch.randn(steps, tasks, episodes, max(1, (features - 4) // 2), generator=gen) * 3
+    lengths = torch.randint(1, steps + 1, (tasks, episodes), generator=gen)
+    mask = (torch.arange(steps)[:, None, None] < lengths).float()
+    phi = baseline_features(obs, mask)[..., :features]
+    returns = torch.randn(steps, tasks, episodes, generator=gen) * mask
+    x, y = phi.double(), returns.double()
+    xtx, xty = normal_equations(phi, returns)
+    assert torch.equal(xtx, torch.einsum("tmkf,tmkg->mfg", x, x))
+    assert torch.equal(xty, torch.einsum("tmkf,tmk->mf", x, y))
+
+
+@pytest.mark.slow
+def test_normal_equations_equal_the_einsums_at_the_ant_batch_size():
+    """The rllab ant's whole batch (200 steps x 40 tasks x 20 episodes x 254 features)."""
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(200, 40, 20, 125, generator=gen) * 3
+    mask = torch.ones(200, 40, 20)
+    mask[150:, :3] = 0.0
+    phi = baseline_features(obs, mask)
+    returns = torch.randn(200, 40, 20, generator=gen) * mask
+    x, y = phi.double(), returns.double()
+    xtx, xty = normal_equations(phi, returns)
+    assert torch.equal(xtx, torch.einsum("tmkf,tmkg->mfg", x, x))
+    assert torch.equal(xty, torch.einsum("tmkf,tmk->mf", x, y))
