@@ -193,16 +193,47 @@ def unusable_reason(
     return None
 
 
+def _first(bad: Tensor) -> tuple[int, ...] | None:
+    """The index of the earliest (smallest t) True entry of ``bad`` ``[T, M, K]``, or None."""
+    return tuple(int(i) for i in bad.nonzero()[0]) if bool(bad.any()) else None
+
+
+def non_finite_inputs(batch: EpisodeBatch) -> str | None:
+    """What made a batch's rewards or advantages unusable when it was not the rewards: the
+    observations, or the policy's (Box) actions, of a valid step not being finite before any
+    reward is. Only called once :func:`unusable_reason` found the batch unusable."""
+    valid = batch.mask > 0
+    first_reward = _first(valid & ~torch.isfinite(batch.rewards))
+    until = first_reward[0] if first_reward is not None else batch.mask.shape[0]
+    obs = _first(valid & ~torch.isfinite(batch.observations).all(-1))
+    if obs is not None and obs[0] <= until:
+        t, m, k = obs
+        return (
+            "the environment returned non-finite observations "
+            f"(task {m} of the batch, episode {k}, step {t})"
+        )
+    if batch.actions.is_floating_point():
+        act = _first(valid & ~torch.isfinite(batch.actions).all(-1))
+        if act is not None and act[0] <= until:
+            t, m, k = act
+            return (
+                f"the policy's actions are not finite (task {m} of the batch, episode {k}, step "
+                f"{t}): its parameters or outputs hold NaN or infinite values"
+            )
+    return None
+
+
 def checked_advantages(
     batch: EpisodeBatch, gamma: float, gae_lambda: float, normalize: bool, what: str
 ) -> Tensor:
     """:func:`compute_advantages` of an episode batch; :class:`UnusableBatchError` naming
     ``what`` (e.g. "iteration 3, inner step 1 batch") when :func:`unusable_reason` finds its
-    rewards or advantages unusable."""
+    rewards or advantages unusable (saying so when non-finite observations or actions made
+    them so: :func:`non_finite_inputs`)."""
     adv = compute_advantages(
         batch.observations, batch.rewards, batch.mask, gamma, gae_lambda, normalize
     )
     reason = unusable_reason(batch.rewards, batch.mask, adv, normalize)
     if reason is not None:
-        raise UnusableBatchError(f"{what}: {reason}")
+        raise UnusableBatchError(f"{what}: {non_finite_inputs(batch) or reason}")
     return adv

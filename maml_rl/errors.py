@@ -2,8 +2,8 @@
 machine, the cluster or the environment's numbers exits 1 (see docs/reliability.md).
 
 * ``ValueError`` (and :class:`ConfigError`, :class:`CheckpointError`,
-  :class:`RunFolderBusy`), ``FileNotFoundError``, ``FileExistsError``: the command asked for
-  something that cannot be done as given (exit 2).
+  :class:`RunFolderBusy`, :class:`UserEnvError`), ``FileNotFoundError``, ``FileExistsError``:
+  the command asked for something that cannot be done as given (exit 2).
 * :class:`RunFailure`, ``OSError``: the run could not go on (exit 1).
 """
 
@@ -31,3 +31,17 @@ class RunFailure(RuntimeError):
 class UnusableBatchError(RunFailure):
     """Rewards or advantages of a sampled batch that cannot be used (NaN, infinite, or
     advantages that vanish because their variance overflows float32)."""
+
+
+class UserEnvError(ValueError):
+    """A task family's code misbehaved: its constructor, ``reset_task``, ``reset``, ``step`` or
+    its task space's ``sample`` raised, or returned something else than declared (observations
+    of another shape than its observation space, another number of tasks). The message names
+    the env id, the method and what is wrong; the exception the user's code raised, if any, is
+    chained as ``__cause__`` (with its traceback)."""
+
+
+class NonFiniteRolloutError(RunFailure):
+    """A rollout that cannot go on because of numbers: the env returned observations that are
+    not finite, or the policy's parameters or actions are not finite. The message says which
+    (env id, sub-env and step, or the parameter)."""

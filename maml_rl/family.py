@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from maml_rl.authors_tasks import authors_test_tasks
-from maml_rl.errors import ConfigError
+from maml_rl.errors import ConfigError, RunFailure, UserEnvError
 from maml_rl.seeding import TASKS, TEST_STREAM, derive_seed
 from maml_rl.settings import FamilySettings
 
@@ -90,15 +90,51 @@ def resolve_env_id(env_id: str) -> str:
     return env_id
 
 
+PASSED_ON = (UserEnvError, RunFailure, OSError, ImportError, MemoryError)
+"""Exceptions from an env's code that are passed on as they are (already explained, or a
+failure of the machine or a missing package), not reported as a misbehaving family."""
+
+
+def env_name(env: gym.Env | gym.vector.VectorEnv) -> str:
+    """The registered id of ``env`` (its spec's), else its class name."""
+    spec = getattr(env, "spec", None)
+    return str(spec.id) if spec is not None else type(env.unwrapped).__name__
+
+
+def user_code_failed(env_id: str, what: str, err: BaseException) -> UserEnvError:
+    """The :class:`UserEnvError` for the family's ``what`` (e.g. "reset()") having raised
+    ``err`` (raise it ``from err``): "env ID: reset() raised ValueError: boom"."""
+    message = str(err).strip()
+    return UserEnvError(
+        f"env {env_id}: {what} raised {type(err).__name__}{': ' * bool(message)}{message}"
+    )
+
+
+def _made(env_id: str, env_kwargs: dict[str, Any], what: str, make: Any) -> Any:
+    """``make()`` (a ``gym.make``/``gym.make_vec`` of the family); a keyword the env does not
+    take is a ``ConfigError`` naming it, any other failure of the family's constructor a
+    :class:`UserEnvError` naming the env and ``what`` was made."""
+    try:
+        return make()
+    except PASSED_ON:
+        raise
+    except TypeError as err:
+        if "keyword argument" in str(err):
+            raise ConfigError(f"bad env_kwargs {env_kwargs} for {env_id}: {err}") from None
+        # gym.make re-raises the constructor's TypeError with the kwargs appended
+        cause = err.__cause__ if isinstance(err.__cause__, TypeError) else err
+        raise user_code_failed(env_id, what, cause) from err
+    except Exception as err:
+        raise user_code_failed(env_id, what, err) from err
+
+
 def make_family_env(env_id: str, env_kwargs: dict[str, Any], **kwargs: Any) -> gym.Env:
     """``gym.make(env_id, **env_kwargs, **kwargs)``; a keyword the env does not take is a
-    ``ConfigError`` naming it (``env_kwargs`` come from the user's config)."""
-    try:
-        return gym.make(env_id, **env_kwargs, **kwargs)
-    except TypeError as err:
-        if "keyword argument" not in str(err):
-            raise
-        raise ConfigError(f"bad env_kwargs {env_kwargs} for {env_id}: {err}") from None
+    ``ConfigError`` naming it (``env_kwargs`` come from the user's config), a constructor that
+    raises a :class:`UserEnvError` ("env ID: creating it raised ...")."""
+    return _made(
+        env_id, env_kwargs, "creating it", lambda: gym.make(env_id, **env_kwargs, **kwargs)
+    )
 
 
 def make_batched_env(
@@ -112,8 +148,13 @@ def make_batched_env(
         kwargs = dict(env_kwargs)
         if num_threads is not None:
             kwargs["num_threads"] = num_threads
-        return gym.make_vec(
-            env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+        return _made(
+            env_id,
+            env_kwargs,
+            "creating its batched env (vector_entry_point)",
+            lambda: gym.make_vec(
+                env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+            ),
         )
     warnings.warn(
         f"{env_id} has no batched version (vector_entry_point): its sub-environments are stepped "
@@ -122,12 +163,17 @@ def make_batched_env(
         PerformanceWarning,
         stacklevel=2,
     )
-    return gym.make_vec(
+    return _made(
         env_id,
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
-        **env_kwargs,
+        env_kwargs,
+        "creating it",
+        lambda: gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+            **env_kwargs,
+        ),
     )
 
 
@@ -183,14 +229,48 @@ class ActionMapping:
         return np.clip(u, self.low, self.high) if self.bounded else u
 
 
+def wrong_sub_env_observation(
+    env: gym.vector.VectorEnv, method: str, where: str = ""
+) -> UserEnvError | None:
+    """For the fallback (a ``SyncVectorEnv`` of single envs) whose ``method`` ("reset()",
+    "step()") failed: the :class:`UserEnvError` naming the first sub-env whose observation has
+    another shape than the single observation space's, or None when all fit. ``where`` (e.g.
+    ", step 3") goes after the sub-env."""
+    declared = tuple(env.single_observation_space.shape or ())
+    for i, obs in enumerate(getattr(env, "_env_obs", None) or ()):
+        shape = np.shape(obs)
+        if obs is not None and shape != declared:  # None: not reset yet
+            return UserEnvError(
+                f"env {env_name(env)}: {method} returned an observation of shape {shape} "
+                f"(sub-env {i}{where}); its observation_space declares {declared}"
+            )
+    return None
+
+
 def reset_with_tasks(env: gym.vector.VectorEnv, tasks: list[Any], seeds: list[int]) -> np.ndarray:
-    """Reset a batched env with one task and one seed per sub-env; returns the observations."""
-    if isinstance(env, gym.vector.SyncVectorEnv):  # generic fallback, not a hot path
-        for sub_env, task in zip(env.envs, tasks):
-            sub_env.unwrapped.reset_task(task)
-        obs, _ = env.reset(seed=seeds)
-    else:
-        obs, _ = env.reset(seed=seeds, options={"tasks": tasks})
+    """Reset a batched env with one task and one seed per sub-env; returns the observations.
+
+    The family's ``reset_task`` or ``reset`` raising is a :class:`UserEnvError` naming the env
+    and the method ("env ID: reset() raised ValueError: ..."), the user's exception chained.
+    """
+    sync = isinstance(env, gym.vector.SyncVectorEnv)
+    try:
+        if sync:  # generic fallback, not a hot path
+            for sub_env, task in zip(env.envs, tasks):
+                try:
+                    sub_env.unwrapped.reset_task(task)
+                except PASSED_ON:
+                    raise
+                except Exception as err:
+                    raise user_code_failed(env_name(env), "reset_task()", err) from err
+            obs, _ = env.reset(seed=seeds)
+        else:
+            obs, _ = env.reset(seed=seeds, options={"tasks": tasks})
+    except PASSED_ON:
+        raise
+    except Exception as err:
+        wrong = wrong_sub_env_observation(env, "reset()") if sync else None
+        raise (wrong or user_code_failed(env_name(env), "reset()", err)) from err
     return obs
 
 
@@ -306,8 +386,40 @@ class TaskFamily:
 
     # -- tasks --------------------------------------------------------------------------------
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[Any]:
-        """``num_tasks`` tasks drawn from the family's task distribution with ``rng``."""
-        return list(self.prototype.sample_tasks(num_tasks, rng))
+        """``num_tasks`` tasks drawn from the family's task distribution with ``rng``.
+
+        A task space without ``sample``, or whose ``sample`` raises or returns another number
+        of tasks, is a :class:`UserEnvError` naming the env and the task space's class."""
+        env = self.prototype
+        space = getattr(env, "task_space", None)
+        method = getattr(type(env), "sample_tasks", None)
+        delegates = getattr(method, "__qualname__", "") == "_SamplesTasks.sample_tasks"
+        if space is not None and delegates:  # maml_envs.task_family's: task_space.sample
+            what = f"task space {type(space).__name__}.sample({num_tasks}, rng)"
+            if not callable(getattr(space, "sample", None)):
+                raise UserEnvError(
+                    f"env {self.env_id}: task space {type(space).__name__} has no "
+                    "sample(n, rng) method"
+                )
+        else:
+            what = f"sample_tasks({num_tasks}, rng)"
+        try:
+            tasks = env.sample_tasks(num_tasks, rng)
+        except PASSED_ON:
+            raise
+        except Exception as err:
+            raise user_code_failed(self.env_id, what, err) from err
+        try:
+            tasks = list(tasks)
+        except TypeError:
+            raise UserEnvError(
+                f"env {self.env_id}: {what} returned {type(tasks).__name__}, not a list of tasks"
+            ) from None
+        if len(tasks) != num_tasks:
+            raise UserEnvError(
+                f"env {self.env_id}: {what} returned {len(tasks)} tasks, expected {num_tasks}"
+            )
+        return tasks
 
     def training_tasks(self, seed: int, iteration: int, num_tasks: int) -> list[Any]:
         """The tasks of meta-iteration ``iteration`` of a run seeded ``seed``."""

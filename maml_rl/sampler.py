@@ -24,7 +24,16 @@ import numpy as np
 import torch
 
 from maml_rl.batch import EpisodeBatch, episode_batch
-from maml_rl.family import ActionMapping, TaskFamily, reset_with_tasks
+from maml_rl.errors import NonFiniteRolloutError, UserEnvError
+from maml_rl.family import (
+    PASSED_ON,
+    ActionMapping,
+    TaskFamily,
+    env_name,
+    reset_with_tasks,
+    user_code_failed,
+    wrong_sub_env_observation,
+)
 from maml_rl.policy import MLPPolicy, Params, is_task_batched
 from maml_rl.seeding import episode_seeds, task_seeds
 
@@ -86,6 +95,62 @@ class Episodes(NamedTuple):
     mask: np.ndarray  # [T, n] float32
 
 
+class NonFiniteActions(NonFiniteRolloutError):
+    """The policy's actions are not finite although its observations are (raised by
+    :func:`run_episodes`, which cannot see the parameters; :class:`VectorSampler` tells
+    whether they are the reason)."""
+
+    def __init__(self, sub_env: int, step: int) -> None:
+        self.sub_env, self.step = sub_env, step
+        super().__init__(
+            f"the policy's actions are not finite for finite observations (sub-env {sub_env}, "
+            f"step {step})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.sub_env, self.step)
+
+
+def wrong_observations(
+    env: gym.vector.VectorEnv, obs: Any, method: str, at: str = ""
+) -> UserEnvError:
+    """A batched env's ``method`` returned observations of another shape than
+    ``[num_envs, *single_observation_space.shape]``."""
+    declared = tuple(env.single_observation_space.shape)
+    return UserEnvError(
+        f"env {env_name(env)}: {method} returned observations of shape {np.shape(obs)}{at}; its "
+        f"observation_space declares {declared} per sub-env ({env.num_envs} sub-envs)"
+    )
+
+
+def step_failed(
+    env: gym.vector.VectorEnv, t: int, observations: np.ndarray, actions: np.ndarray, err: Exception
+) -> Exception:
+    """Why ``env.step(actions)`` raised ``err`` at step t (called only then: not a hot path).
+
+    A sub-env of the fallback returned an observation of the wrong shape; or the actions are not
+    finite, because the observations ``[t + 1, n, obs_dim]`` the policy saw are not (the env's
+    fault) or else (:class:`NonFiniteActions`) the policy's; or the env's code failed."""
+    if isinstance(env, gym.vector.SyncVectorEnv):
+        wrong = wrong_sub_env_observation(env, "step()", f", step {t}")
+        if wrong is not None:
+            return wrong
+    if actions.dtype.kind == "f" and not np.isfinite(actions).all():
+        bad = ~np.isfinite(observations.reshape(t + 1, len(actions), -1)).all(axis=-1)
+        if bad.any():
+            s, i = (int(x) for x in np.argwhere(bad)[0])  # the earliest
+            method, when = (
+                ("reset()", "before the first step") if s == 0 else ("step()", f"step {s - 1}")
+            )
+            return NonFiniteRolloutError(
+                f"env {env_name(env)}: {method} returned non-finite observations "
+                f"(sub-env {i}, {when})"
+            )
+        i = int(np.flatnonzero(~np.isfinite(actions.reshape(len(actions), -1)).all(axis=-1))[0])
+        return NonFiniteActions(i, t)
+    return user_code_failed(env_name(env), "step()", err)
+
+
 def run_episodes(
     env: gym.vector.VectorEnv,
     tasks: list[Any],
@@ -101,21 +166,36 @@ def run_episodes(
     returns the policy's actions, ``[n, *to_env.shape]`` (``[n, act_dim]`` for a Box, ``[n]``
     indices for a Discrete); ``to_env`` maps them onto the env's action space. Steps after an
     episode ended hold zeros, so a sub-env's rows do not depend on how long the others ran.
+
+    A misbehaving env is one line: its ``reset``/``step`` raising, or returning observations of
+    another shape than its observation space, a :class:`~maml_rl.errors.UserEnvError`; a
+    ``step`` failing on non-finite actions a :class:`~maml_rl.errors.NonFiniteRolloutError`
+    saying whether the env's observations were not finite (see :func:`step_failed`).
     """
     n = len(tasks)
     obs_dim = env.single_observation_space.shape[0]
+    obs_shape = (n, *env.single_observation_space.shape)
     obs_buf = np.zeros((horizon, n, obs_dim), dtype=np.float32)
     act_buf = np.zeros((horizon, n, *to_env.shape), dtype=to_env.dtype)
     rew_buf = np.zeros((horizon, n), dtype=np.float64)
     mask_buf = np.zeros((horizon, n), dtype=np.float32)
     finished = np.zeros(n, dtype=bool)
     obs = reset_with_tasks(env, tasks, seeds)
+    if getattr(obs, "shape", None) != obs_shape:
+        raise wrong_observations(env, obs, "reset()")
     steps = horizon
     for t in range(horizon):
         obs_buf[t] = obs
         mask_buf[t] = ~finished
         act_buf[t] = act(t, obs_buf[t])
-        obs, reward, terminated, truncated, _ = env.step(to_env(act_buf[t]))
+        try:
+            obs, reward, terminated, truncated, _ = env.step(to_env(act_buf[t]))
+        except PASSED_ON:
+            raise
+        except Exception as err:
+            raise step_failed(env, t, obs_buf[: t + 1], act_buf[t], err) from err
+        if getattr(obs, "shape", None) != obs_shape:  # a tuple compare, ~0.1 us
+            raise wrong_observations(env, obs, "step()", f" at step {t}")
         rew_buf[t] = np.where(finished, 0.0, reward)
         finished |= np.asarray(terminated) | np.asarray(truncated)
         if finished.all():
@@ -253,14 +333,24 @@ class VectorSampler:
                 return (mean + log_std.exp() * noise[t]).reshape(n, act_dim).numpy()
 
         with torch.no_grad(), one_torch_thread():
-            episodes = run_episodes(
-                env,
-                [tasks[i] for i in rows for _ in range(k)],
-                [x for i in rows for x in episode_seeds(seeds[i], k)],
-                self.horizon,
-                act,
-                to_env,
-            )
+            try:
+                episodes = run_episodes(
+                    env,
+                    [tasks[i] for i in rows for _ in range(k)],
+                    [x for i in rows for x in episode_seeds(seeds[i], k)],
+                    self.horizon,
+                    act,
+                    to_env,
+                )
+            except NonFiniteActions as err:
+                bad = [name for name, p in cpu_params.items() if not bool(torch.isfinite(p).all())]
+                if not bad:
+                    raise
+                raise NonFiniteRolloutError(
+                    f"the policy's parameters are not finite ({', '.join(bad)}: NaN or "
+                    f"infinite values), nor are its actions (sub-env {err.sub_env}, step "
+                    f"{err.step})"
+                ) from err
         steps = episodes.mask.shape[0]
 
         def to_tensor(x: np.ndarray) -> torch.Tensor:
