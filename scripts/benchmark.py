@@ -4,12 +4,15 @@ Runs ``--warmup`` + ``--iterations`` meta-iterations of each ``--preset`` and pr
 and as JSON: median seconds per meta-iteration split into sampling, advantages, adaptation and
 the meta-step (TRPO gradient, conjugate gradient, line search); the sampler's env-steps/s next
 to, measured in the same run, the physics limit (MuJoCo families: raw ``mujoco.rollout`` with
-the same number of states, frame skip and threads; navigation: the batched env alone with random
-actions) and a naive reference (Gymnasium envs stepped one at a time, one policy forward per
-env); and the process's peak memory (max RSS). Unless ``--no-roofline``, the meta-step's roofline
-(``scripts/roofline.py``): GFLOP of one gradient, one curvature (Fisher-vector) product and one
-line-search evaluation, their seconds, the attainable matrix-multiply rate at the same shapes
-measured in the same run, and achieved / attainable for each.
+the same number of states, frame skip and threads, without the stages an env computes at the new
+state; navigation: the batched env alone with random actions), the sampler's own batched env
+stepped alone (the same stages, observations and rewards, actions like the initial policy's, no
+policy: the sampler's ceiling), a naive reference (Gymnasium envs stepped one at a time, one
+policy forward per env), and the process's peak memory (max RSS). Unless ``--no-roofline``, the
+meta-step's roofline (``scripts/roofline.py``): GFLOP of one gradient, one curvature
+(Fisher-vector) product and one line-search evaluation, their seconds, the attainable
+matrix-multiply rate at the same shapes measured in the same run, and achieved / attainable for
+each.
 
 With ``--sampler ray`` the run samples on Ray workers (``--num-workers``, ``--ray-address``) and
 also reports the per-call overhead: the median time of a ``RaySampler.sample`` call minus that
@@ -40,6 +43,7 @@ from benchmark_envs import time_raw_rollout
 from roofline import meta_step_roofline
 
 from maml_rl.config import load_config
+from maml_rl.family import reset_with_tasks
 from maml_rl.policy import replicate
 from maml_rl.sampler import VectorSampler
 from maml_rl.trainer import MAMLTrainer
@@ -69,6 +73,29 @@ def physics_limit(trainer: MAMLTrainer, num_envs: int, steps: int, threads: int)
         env.step(actions[t])
         done += num_envs
     return done / (time.perf_counter() - start)
+
+
+def env_alone(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
+    """Env-steps/s of the sampler's own batched env stepped alone: the same model, stages at
+    the new state (the exact tasks' ``mj_forward`` for observations and contact forces),
+    observations and rewards as in training, with actions distributed like the initial
+    policy's (N(0, 1) in the policy's space, through the family's action mapping) and no
+    policy forward. The sampler's ceiling: what it adds to this is its own per-step work."""
+    env = trainer.sampler._env(num_envs)
+    space = env.single_action_space
+    if not isinstance(space, gym.spaces.Box):
+        return float("nan")
+    to_env = trainer.family.action_mapping(space)
+    rng = np.random.default_rng(0)
+    actions = rng.standard_normal((steps, num_envs, space.shape[0])).astype(np.float32)
+    tasks = trainer.sample_tasks(0)
+    per_task = num_envs // len(tasks)
+    reset_with_tasks(env, [t for t in tasks for _ in range(per_task)], list(range(num_envs)))
+    steps = min(steps, trainer.family.horizon)
+    start = time.perf_counter()
+    for t in range(steps):
+        env.step(to_env(actions[t]))
+    return num_envs * steps / (time.perf_counter() - start)
 
 
 def naive_reference(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
@@ -148,11 +175,12 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
     sampling_rate = med(r.env_steps / r.timings["sampling"] for _, r in rows)
     extra: dict = {}
     if config.sampler == "ray":  # the physics limit and naive reference are the local runs'
-        limit = naive = float("nan")
+        limit = naive = alone = float("nan")
         extra = {"sampler": f"ray x{config.num_workers}", "startup_s": startup}
         extra.update(ray_overhead(trainer, args.overhead_calls))
     else:
         limit = physics_limit(trainer, num_envs, args.physics_steps, threads)
+        alone = env_alone(trainer, num_envs, args.physics_steps)
         naive = naive_reference(trainer, min(num_envs, args.naive_envs), args.naive_steps)
     out = {
         "preset": name,
@@ -168,8 +196,10 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
         "env_steps_per_iteration": med(r.env_steps for _, r in rows),
         "sampler_steps_per_s": sampling_rate,
         "physics_limit_steps_per_s": limit,
+        "env_alone_steps_per_s": alone,
         "naive_steps_per_s": naive,
         "sampler_over_limit": sampling_rate / limit,
+        "sampler_over_env_alone": sampling_rate / alone,
         "sampler_over_naive": sampling_rate / naive,
         **extra,
     }
@@ -214,8 +244,10 @@ def main() -> None:
         "meta_step_fraction",
         "sampler_steps_per_s",
         "physics_limit_steps_per_s",
+        "env_alone_steps_per_s",
         "naive_steps_per_s",
         "sampler_over_limit",
+        "sampler_over_env_alone",
         "sampler_over_naive",
     ]
     if args.sampler == "ray":
