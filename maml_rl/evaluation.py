@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,19 @@ import numpy as np
 import torch
 
 from maml_rl.config import TrainConfig
+from maml_rl.errors import RunFolderBusy
 from maml_rl.family import TaskFamily
+from maml_rl.files import (
+    LOCK_NAME,
+    atomic_path,
+    check_output_folder,
+    lock_run_folder,
+    remove_stale_output_temporaries,
+)
 from maml_rl.inner_loop import fine_tune, step_sizes
 from maml_rl.policy import MLPPolicy, Params
 from maml_rl.report import (
+    RESULT_FILES,
     EvalSettings,
     EvaluationReport,
     MethodResult,
@@ -212,6 +222,11 @@ def evaluate(
     Writes into ``output_dir`` (when given): ``returns.json``, ``returns.csv``,
     ``returns.png`` (return vs gradient steps), ``trajectories.png`` for 2D navigation and,
     with ``video``, rollout videos of the first adaptable method (locomotion families).
+    Before any evaluation work the folder is checked (a folder or creatable, writable) and
+    locked for the evaluation (:func:`~maml_rl.files.lock_run_folder`: a second evaluation into
+    it is refused at once); ``returns.csv`` and ``returns.json`` are published together
+    (:func:`~maml_rl.report.write_report`), each plot atomically, so a failure or kill leaves the
+    earlier files intact and no partial one.
     """
     if not methods:
         raise ValueError("nothing to evaluate")
@@ -229,6 +244,48 @@ def evaluate(
                 f"not of {family.env_id} {family.env_kwargs} (H={family.horizon}) like "
                 f"{methods[0].source}"
             )
+    stack = ExitStack()  # the output folder's lock, held until the results are written
+    try:
+        out = None if output_dir is None else _claim_output(Path(output_dir), stack)
+        return _evaluate(methods, settings, family, out, plots, video, video_tasks, stdout)
+    finally:
+        stack.close()
+
+
+OUTPUT_FILES = (*RESULT_FILES, "*.png")
+"""The files an evaluation writes into its output folder (videos go to ``videos/``)."""
+
+
+def _claim_output(out: Path, stack: ExitStack) -> Path:
+    """Before any evaluation work: check that ``out`` is (or can be made) a writable folder,
+    take its lock for the rest of the evaluation (a second evaluation into it gets
+    :class:`~maml_rl.errors.RunFolderBusy` at once) and remove temporaries a killed one left."""
+    check_output_folder(out)
+    try:
+        stack.enter_context(lock_run_folder(out))
+    except RunFolderBusy:
+        try:
+            holder = (out / LOCK_NAME).read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise RunFolderBusy(
+            f"output folder {out} is in use by {holder} (another evaluation writing its results "
+            "there?); wait for it to end, or pass another --output"
+        ) from None
+    remove_stale_output_temporaries(out, OUTPUT_FILES)
+    return out
+
+
+def _evaluate(
+    methods: Sequence[Method],
+    settings: EvalSettings,
+    family: TaskFamily,
+    out: Path | None,
+    plots: bool,
+    video: bool,
+    video_tasks: int,
+    stdout: bool,
+) -> EvaluationReport:
     env_id, horizon = family.env_id, family.horizon
     tasks = family.test_tasks(settings.num_tasks, settings.seed, settings.test_tasks)
     is_navigation = env_id.startswith("MAML/Navigation2D")
@@ -246,18 +303,21 @@ def evaluate(
     )
     if stdout:
         print(format_table(report))
-    if output_dir is not None:
-        out = Path(output_dir)
+    if out is not None:
         report.files.update(write_report(report, out))
         if plots:
             from maml_rl.plots import plot_returns, plot_trajectories
 
-            report.files["returns_png"] = plot_returns(report, out / "returns.png")
+            with atomic_path(out / "returns.png") as tmp:
+                plot_returns(report, tmp)
+            report.files["returns_png"] = out / "returns.png"
             adaptable = [r for r in results if r.rollouts]
             if is_navigation:
                 for n, r in enumerate(adaptable):
                     name = "trajectories.png" if n == 0 else f"trajectories_{_slug(r.label)}.png"
-                    report.files[name] = plot_trajectories(report, r, out / name)
+                    with atomic_path(out / name) as tmp:
+                        plot_trajectories(report, r, tmp)
+                    report.files[name] = out / name
         if video:
             report.files.update(_videos(report, methods, out / "videos", video_tasks))
         if stdout:

@@ -9,9 +9,10 @@ never a part of one.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -117,3 +118,100 @@ def lock_run_folder(folder: str | Path) -> Iterator[Path]:
             yield folder
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# -- output folders of results (evaluate) -------------------------------------------------------
+_PROBE_PREFIX = ".write-check."
+
+
+def check_output_folder(folder: str | Path, probe_bytes: int = 256 * 1024) -> Path:
+    """Make sure results can be written into ``folder`` before any work is spent on them: it is
+    a folder or can be created, and a temporary file of ``probe_bytes`` can be written, flushed
+    to disk and removed there. Raises ``FileExistsError`` (a file is in the way) or
+    ``ValueError`` (no permission, read-only file system), the user's to fix (exit 2), or
+    ``OSError`` naming the folder (full disk, I/O error: the machine's, exit 1)."""
+    folder = Path(folder)
+    for part in [folder, *folder.parents]:
+        if part.exists() and not part.is_dir():
+            raise FileExistsError(f"output folder {folder}: {part} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"\0" * probe_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            Path(probe).unlink(missing_ok=True)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ValueError(f"cannot write into output folder {folder}: {reason}") from None
+        raise OSError(err.errno, f"cannot write into output folder {folder}: {reason}") from None
+    return folder
+
+
+def publish_together(files: Sequence[tuple[str | Path, Callable[[IO[Any]], None], str]]) -> None:
+    """Write several files as one result: each ``(path, write, mode)`` to a temporary file
+    next to its path (flushed to disk), then, once all are complete, rename them over their
+    paths in order; the last is the commit. A failure while writing removes every temporary and
+    leaves all paths as they were; readers who open the last file find the others of the same
+    result already in place (a kill between two renames, a matter of microseconds, can leave the
+    earlier ones new and the last one old, never a partial file)."""
+    written: list[tuple[str, Path]] = []
+    try:
+        for path, write, mode in files:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+            written.append((tmp, path))
+            newline = {} if "b" in mode else {"newline": ""}
+            with os.fdopen(fd, mode, **newline) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for folder in {path.parent for _, path in written}:
+        _fsync_folder(folder)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` with the same suffix (``returns.png.<random>.tmp.png``:
+    writers such as matplotlib's ``savefig`` pick the format from it) for the block to write;
+    renamed over ``path`` when the block ends normally, removed when it raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def remove_stale_output_temporaries(folder: str | Path, names: Sequence[str]) -> list[Path]:
+    """Delete the temporaries a killed evaluation left in its output folder: those of
+    :func:`publish_together` and :func:`atomic_path` for the file names (or globs) ``names``
+    (``<name>.<random>.tmp``, ``<name>.<random>.tmp<suffix>``) and the probes of
+    :func:`check_output_folder`; returns what was removed. Call it only while holding the
+    folder's lock (:func:`lock_run_folder`)."""
+    folder = Path(folder)
+    patterns = [f"{_PROBE_PREFIX}*.tmp"]
+    for name in names:
+        patterns += [f"{name}.*.tmp", f"{name}.*.tmp{Path(name).suffix}"]
+    removed = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

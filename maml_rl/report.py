@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from maml_rl.files import publish_together
 from maml_rl.policy import MLPPolicy, Params
 
 TEST_TASK_SOURCES = ("seeded", "authors")
@@ -151,14 +152,22 @@ def format_table(report: EvaluationReport) -> str:
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+RESULT_FILES = ("returns.csv", "returns.json")
+"""What :func:`write_report` publishes together, in order: ``returns.json`` last, the commit."""
+
+
 def write_report(report: EvaluationReport, output_dir: str | Path) -> dict[str, Path]:
-    """Write ``returns.json`` and ``returns.csv`` (per task, per step, per method)."""
+    """Write ``returns.json`` and ``returns.csv`` (per task, per step, per method) as one result
+    (:func:`~maml_rl.files.publish_together`): both go to temporary files first, and only when
+    both are complete are they renamed over the old ones, ``returns.csv`` first and
+    ``returns.json`` last. A failure or kill while writing leaves the earlier results as they
+    were and no partial file; a ``returns.json`` is always beside the ``returns.csv`` of its
+    own evaluation (or, killed in the microseconds between the two renames, a newer one)."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "returns.json"
-    json_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-    csv_path = out / "returns.csv"
-    with csv_path.open("w", newline="") as f:
+    csv_path, json_path = (out / name for name in RESULT_FILES)
+    text = json.dumps(report.to_dict(), indent=1) + "\n"
+
+    def write_csv(f: Any) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["method", "kind", "step", "task_index", "task", "return"])
         for r in report.results:
@@ -166,4 +175,6 @@ def write_report(report: EvaluationReport, output_dir: str | Path) -> dict[str, 
                 for i, value in enumerate(row):
                     task = " ".join(f"{x:g}" for x in np.asarray(report.tasks[i].as_array()))
                     writer.writerow([r.label, r.kind, j, i, task, f"{value:.6f}"])
+
+    publish_together([(csv_path, write_csv, "w"), (json_path, lambda f: f.write(text), "w")])
     return {"json": json_path, "csv": csv_path}

@@ -29,7 +29,13 @@ from typing import Any
 
 import yaml
 
-from maml_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from maml_rl.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    load_policy_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from maml_rl.clipped_meta import ClippedResult
 from maml_rl.config import TrainConfig, from_dict
 from maml_rl.family import TaskFamily
@@ -297,7 +303,11 @@ def resume(
         if fixed:
             raise ValueError(f"cannot change {fixed} when resuming; only {sorted(RESUMABLE_KEYS)}")
         trainer = MAMLTrainer(from_dict(changes, from_dict(state["config"])).validate())
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state, run_dir / CHECKPOINT_NAME)
+        except BaseException:
+            trainer.close()
+            raise
         kept = truncate_progress(run_dir, trainer.iteration)
         if kept < trainer.iteration:
             print(
@@ -395,8 +405,10 @@ def load_policy(path: str | Path) -> tuple[MLPPolicy, TrainConfig]:
     config = from_dict(state["config"]).validate()
     family = TaskFamily.from_config(config)
     policy = make_policy(family, config.part(PolicySettings), meta_sgd_init(config))
-    policy.load_state_dict(state["policy"])
-    family.close()
+    try:
+        load_policy_state(policy, state["policy"], resolve_checkpoint(path))
+    finally:
+        family.close()
     return policy, config
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from maml_rl.batch import EpisodeBatch, LossInputs
-from maml_rl.checkpoint import numpy_rng_from_plain, numpy_rng_to_plain
+from maml_rl.checkpoint import check_training_state, numpy_rng_from_plain, numpy_rng_to_plain
 from maml_rl.clipped_meta import ClippedMetaLearner, ClippedResult
 from maml_rl.config import TrainConfig
 from maml_rl.family import TaskFamily
@@ -245,7 +245,11 @@ class MAMLTrainer:
             state["meta_optimizer"] = learner_state
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: Any = "the checkpoint") -> None:
+        """Restore :meth:`state_dict`'s state; first checks all of it against this trainer's
+        policy and meta-step (:func:`~maml_rl.checkpoint.check_training_state`), raising
+        :class:`~maml_rl.errors.CheckpointError` naming ``source`` before anything changes."""
+        check_training_state(state, self.policy, source, bool(self.learner.state_dict()))
         self.policy.load_state_dict(state["policy"])
         self.iteration = int(state["iteration"])
         self.env_steps = int(state["env_steps"])
