@@ -3,7 +3,10 @@ one short line and exit 2 (docs/reliability.md, "Config files and values")."""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -124,3 +127,38 @@ def test_unknown_keys_that_are_not_strings_are_one_line(tmp_path):
     path.write_text("1: 2\nfoo: 3\n")
     with pytest.raises(ConfigError, match=r"unknown config key 1 \(1 more unknown key\)"):
         load_config(str(path))
+
+
+def test_a_run_too_big_for_memory_is_refused_at_start_up(monkeypatch):
+    from maml_rl.family import TaskFamily
+    from maml_rl.resources import check_memory
+
+    config = load_config("navigation")
+    family = TaskFamily.from_config(config)
+    check_memory(config, family, None)  # the paper's navigation run fits
+    monkeypatch.setattr("maml_rl.resources.available_memory", lambda: 100 * 2**20)
+    with pytest.raises(ConfigError, match=r"at least 127 MiB of memory.*has 100 MiB available"):
+        check_memory(config, family, None)
+
+
+def test_huge_sizes_are_one_line_not_a_memory_error(tmp_path):
+    """In a subprocess under an 8 GiB address-space limit, so that a regression fails fast
+    rather than filling the machine's memory."""
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+        "from maml_rl.cli import main\n"
+        f"args = ['train', '--quiet', '--config', 'navigation', '--set', 'log_dir={tmp_path}']\n"
+        "for size in ('hidden_sizes=[1000000,1000000]', 'meta_batch_size=100000000'):\n"
+        "    print('rc', main([*args, size]), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    err = done.stderr.strip().splitlines()
+    assert err[1::2] == ["rc 2", "rc 2"], done.stderr[-2000:]
+    for line in err[0::2]:
+        assert line.startswith("maml-rl: error: this run needs at least"), line
+        assert "of memory but this machine has" in line
+    assert list(tmp_path.iterdir()) == []
