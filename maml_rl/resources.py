@@ -73,7 +73,7 @@ def check_memory(config: Any, family: Any, device: Any) -> None:
     """Refuse a run whose :func:`memory_estimate` exceeds the available memory (one line:
     the estimate, the memory available and the keys that set it). ``family``: the run's
     :class:`~maml_rl.family.TaskFamily` (its spaces and horizon); ``device``: the learner's
-    ``torch.device``."""
+    ``torch.device`` (a CUDA index beyond the devices torch sees is refused here too)."""
     obs_space, act_space = family.observation_space, family.action_space
     obs_dim = _width(getattr(obs_space, "shape", None))
     n = getattr(act_space, "n", None)
@@ -85,7 +85,12 @@ def check_memory(config: Any, family: Any, device: Any) -> None:
     if getattr(device, "type", "cpu") == "cuda":
         import torch
 
-        free = torch.cuda.mem_get_info(device)[0] if torch.cuda.is_available() else None
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and device.index is not None and device.index >= count:
+            seen = "1 CUDA device: cuda:0" if count == 1 else f"{count} CUDA devices: cuda:0.."
+            seen += "" if count == 1 else f"cuda:{count - 1}"
+            raise ConfigError(f"bad value for 'device': {str(device)!r} (torch sees {seen})")
+        free = torch.cuda.mem_get_info(device)[0] if count else None
         where = [("this machine", where[0][1], sampled), (f"the GPU ({device})", free, learner)]
     for name, available, needed in where:
         if available is not None and needed > available:

@@ -141,6 +141,21 @@ def test_a_run_too_big_for_memory_is_refused_at_start_up(monkeypatch):
         check_memory(config, family, None)
 
 
+def test_a_cuda_index_beyond_the_gpus_is_one_line(monkeypatch):
+    import torch
+
+    from maml_rl.family import TaskFamily
+    from maml_rl.resources import check_memory
+
+    config = load_config("navigation", ["device=cuda:3"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(
+        ConfigError, match=r"'device': 'cuda:3' \(torch sees 1 CUDA device: cuda:0\)"
+    ):
+        check_memory(config, TaskFamily.from_config(config), torch.device("cuda:3"))
+
+
 def test_huge_sizes_are_one_line_not_a_memory_error(tmp_path):
     """In a subprocess under an 8 GiB address-space limit, so that a regression fails fast
     rather than filling the machine's memory."""
