@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
+import math
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +39,17 @@ from maml_rl.settings import (
 
 G = TypeVar("G")
 DEFAULT_CONFIG_NAME = "default"
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file or ``--set`` value read (1 MiB; a preset is under 1 KiB). Parsing is
+pure Python, about 10-25 s for 1 MiB: the limit keeps a mistaken or hostile file from taking
+minutes and gigabytes."""
+MAX_NESTING = 32
+"""Deepest nesting of lists and mappings in a config (a config needs 3)."""
+MAX_INT = 2**31 - 1
+"""Largest value of an integer key (a C int: thread counts, sizes, iterations); ``seed``
+takes up to :data:`MAX_SEED`."""
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's legacy seeding (and torch's) take 0 <= seed < 2**32."""
 _TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "int": (int,),
@@ -52,6 +66,32 @@ _TYPE_WORDS = {
     "list[int]": "a list",
     "dict[str, Any]": "a mapping",
 }
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, bounded: at most ``limit`` characters, never
+    expanding more than a few levels and items of a nested value (a YAML alias bomb or a huge
+    list stays a short line)."""
+    return clip(_REPR.repr(value), limit)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to at most ``limit`` characters (``...`` where cut)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_path_component(name: Any) -> bool:
+    """One folder name: not empty, not '.' or '..', no separator or NUL (so not absolute)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+    )
 
 
 @dataclass
@@ -86,7 +126,7 @@ class TrainConfig(
 
         def need(ok: bool, key: str, what: str) -> None:
             if not ok:
-                raise ConfigError(f"bad value for {key!r}: {getattr(self, key)!r} ({what})")
+                raise ConfigError(f"bad value for {key!r}: {show(getattr(self, key))} ({what})")
 
         for key in (
             "num_iterations",
@@ -112,11 +152,7 @@ class TrainConfig(
         )
         need(isinstance(self.env_id, str) and bool(self.env_id), "env_id", "must be a string")
         need(isinstance(self.env_kwargs, dict), "env_kwargs", "must be a mapping")
-        need(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
-            "seed",
-            "must be an integer >= 0",
-        )
+        need(0 <= self.seed <= MAX_SEED, "seed", f"must be an integer in [0, {MAX_SEED}]")
         for key in (
             "inner_lr",
             "init_std",
@@ -168,11 +204,21 @@ class TrainConfig(
         need(
             isinstance(self.hidden_sizes, list)
             and len(self.hidden_sizes) > 0
-            and all(isinstance(h, int) and h > 0 for h in self.hidden_sizes),
+            and all(
+                isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_INT
+                for h in self.hidden_sizes
+            ),
             "hidden_sizes",
             "must be a non-empty list of positive integers",
         )
-        need(self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu or cuda[:N]")
+        need(bool(re.fullmatch(r"cpu|cuda(:\d{1,4})?", self.device)), "device", "cpu or cuda[:N]")
+        for key in ("run_name", "config_name"):
+            value = getattr(self, key)
+            need(
+                (value is None and key == "run_name") or _is_path_component(value),
+                key,
+                "must be one folder name: not empty, not '.' or '..', no '/', '\\' or NUL",
+            )
         for key in ("max_episode_steps", "num_threads", "torch_threads"):
             value = getattr(self, key)
             need(
@@ -207,7 +253,8 @@ class TrainConfig(
 
 
 def _check_types(config: TrainConfig) -> None:
-    """Raise :class:`ConfigError` for the first value whose type is not its field's."""
+    """Raise :class:`ConfigError` for the first value whose type is not its field's, for a
+    float that is not finite and for an integer beyond :data:`MAX_INT`."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         declared = str(f.type)
@@ -219,9 +266,22 @@ def _check_types(config: TrainConfig) -> None:
         if types is None:
             continue
         bad_bool = isinstance(value, bool) and bool not in types
+        what = ""
         if bad_bool or not isinstance(value, types):
             what = _TYPE_WORDS[base] + (" or null" if optional else "")
-            raise ConfigError(f"bad value for {f.name!r}: {value!r} (must be {what})")
+        elif base == "float" and not _finite(value):  # inf, nan: a silent no-op or worse
+            what = "a finite number"
+        elif base == "int" and f.name != "seed" and value > MAX_INT:
+            what = f"an integer <= {MAX_INT}"
+        if what:
+            raise ConfigError(f"bad value for {f.name!r}: {show(value)} (must be {what})")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -232,7 +292,34 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 class StrictBoolLoader(yaml.SafeLoader):
     """YAML with YAML 1.2's booleans: ``true``/``false`` (any case) only. PyYAML's YAML 1.1
     also reads yes/no/on/off/y/n as booleans, so ``meta_sgd=yes`` would pass silently; here
-    such a value stays a string and a boolean key rejects it with one line."""
+    such a value stays a string and a boolean key rejects it with one line.
+
+    Aliases (``*name``, also in ``<<: *name``) are refused: a config is short enough to write
+    each value out, and nested aliases expand a few hundred bytes into gigabytes (the "billion
+    laughs"). Nesting deeper than :data:`MAX_NESTING` levels is refused too."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"a YAML alias (*{clip(str(event.anchor), 40)}) is not allowed in a "
+                "config: write the value out",
+                event.start_mark,
+            )
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"values nested deeper than {MAX_NESTING} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 StrictBoolLoader.yaml_implicit_resolvers = {
@@ -244,9 +331,20 @@ StrictBoolLoader.add_implicit_resolver(
 )
 
 
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with :class:`StrictBoolLoader`'s booleans (configs and overrides)."""
+def load_yaml(text: str, origin: str = "a config value") -> Any:
+    """``yaml.safe_load`` with :class:`StrictBoolLoader`'s booleans, no aliases and little
+    nesting (configs and overrides); :class:`ConfigError` for a text over
+    :data:`MAX_CONFIG_BYTES`."""
+    _check_size(len(text.encode("utf-8", "surrogatepass")), origin)
     return yaml.load(text, Loader=StrictBoolLoader)
+
+
+def _check_size(size: int, origin: str) -> None:
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{origin} is {size} bytes; a config file or --set value may be at most "
+            f"{MAX_CONFIG_BYTES} bytes (1 MiB)"
+        )
 
 
 def preset_names() -> list[str]:
@@ -254,14 +352,19 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one short line: what, and where (line, column)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{clip(str(problem), 160)}{where}"
+
+
 def _read_mapping(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = load_yaml(text) or {}
+        data = load_yaml(text, origin) or {}
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{origin} is not valid YAML: {problem}{where}") from None
+        raise ConfigError(f"{origin} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must hold a mapping of config keys, got {type(data).__name__}")
     return data
@@ -296,10 +399,23 @@ def key_docs() -> list[tuple[str, Any, str]]:
 
 def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """Apply ``values`` on top of ``base`` (defaults when None); unknown keys are errors."""
-    unknown = sorted(set(values) - FIELDS)
+    unknown = [key for key in values if key not in FIELDS]
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(FIELDS)}")
+        raise ConfigError(_unknown_keys_message(unknown))
     return dataclasses.replace(base or TrainConfig(), **values)
+
+
+def _unknown_keys_message(unknown: list[Any]) -> str:
+    """``unknown config key 'inner_rl'; did you mean 'inner_lr'? (...)``: the first unknown key
+    with the closest valid ones, and how many more unknown keys there are."""
+    key = unknown[0]
+    close = difflib.get_close_matches(key, FIELDS, n=3, cutoff=0.7) if isinstance(key, str) else []
+    line = f"unknown config key {show(key, 60)}"
+    if close:
+        line += f"; did you mean {' or '.join(map(repr, close))}?"
+    if len(unknown) > 1:
+        line += f" ({len(unknown) - 1} more unknown key{'s' if len(unknown) > 2 else ''})"
+    return line + " (maml-rl train --help lists all keys)"
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -308,11 +424,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {pair!r} is not of the form key=value")
+            raise ConfigError(f"override {show(pair)} is not of the form key=value")
+        origin = f"the value of override {show(key.strip(), 60)}"
         try:
-            out[key.strip()] = load_yaml(value)
+            out[key.strip()] = load_yaml(value, origin)
         except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse the value of override {pair!r}: {err}") from err
+            raise ConfigError(f"cannot parse {origin}: {_yaml_problem(err)}") from None
     return out
 
 
@@ -334,12 +451,13 @@ def _read_config(name_or_path: str) -> tuple[dict[str, Any], str]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
-            raise ConfigError(f"config file {name_or_path!r} does not exist")
+            raise ConfigError(f"config file {show(name_or_path)} does not exist")
+        _check_size(path.stat().st_size, str(path))  # before reading a huge file
         return _read_mapping(path.read_text(), str(path)), path.stem
     if name_or_path in preset_names():
         text = (PRESET_DIR / f"{name_or_path}.yaml").read_text()
         return _read_mapping(text, f"preset {name_or_path}"), name_or_path
     raise ConfigError(
-        f"unknown config {name_or_path!r}: not a YAML file and not a preset "
+        f"unknown config {show(name_or_path)}: not a YAML file and not a preset "
         f"({', '.join(preset_names())})"
     )

@@ -35,6 +35,7 @@ from maml_rl.policy import (
     Params,
     policy_class_for,
 )
+from maml_rl.resources import check_memory
 from maml_rl.sampler import Sampler, VectorSampler
 from maml_rl.seeding import FISHER, INNER, POST_UPDATE, derive_seed
 from maml_rl.settings import (
@@ -153,6 +154,7 @@ class MAMLTrainer:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device=cuda was asked for but torch sees no CUDA device")
         self.family.prototype  # noqa: B018 (fails early for an id that is not a task family)
+        check_memory(config, self.family, self.device)  # a run too big: one line, not OOM
         torch.manual_seed(config.seed)
         self.policy = make_policy(
             self.family, config.part(PolicySettings), meta_sgd_init(config)
