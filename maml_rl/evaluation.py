@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maml_rl.checkpoint import load_checkpoint
 from maml_rl.config import TrainConfig
 from maml_rl.errors import RunFolderBusy
 from maml_rl.family import TaskFamily
@@ -134,6 +135,8 @@ class Method:
     """A stable-baselines3 model taking observation + task parameters."""
     deterministic: bool = False
     """Oracle only: act with the mean action instead of sampling."""
+    iteration: int | None = None
+    """The training iteration of the evaluated checkpoint (None: untrained or an oracle)."""
 
 
 DEFAULT_LABELS = {
@@ -154,8 +157,9 @@ def load_method(path: str | Path, label: str | None = None) -> Method:
         model, config = load_oracle(path)
         return Method(label or DEFAULT_LABELS[kind], kind, str(path), config, oracle=model)
     policy, config = load_policy(path)
+    iteration = int(load_checkpoint(path)["iteration"])
     default = maml_variant_label(config) if kind == "maml" else DEFAULT_LABELS[kind]
-    return Method(label or default, kind, str(path), config, policy=policy)
+    return Method(label or default, kind, str(path), config, policy=policy, iteration=iteration)
 
 
 def maml_variant_label(config: TrainConfig) -> str:
@@ -205,6 +209,7 @@ def evaluate_method(
         rollouts,
         method.policy,
         history,
+        method.iteration,
     )
 
 

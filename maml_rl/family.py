@@ -138,14 +138,25 @@ def make_family_env(env_id: str, env_kwargs: dict[str, Any], **kwargs: Any) -> g
 
 
 def make_batched_env(
-    env_id: str, num_envs: int, env_kwargs: dict[str, Any], num_threads: int | None = None
+    env_id: str,
+    num_envs: int,
+    env_kwargs: dict[str, Any],
+    num_threads: int | None = None,
+    max_episode_steps: int | None = None,
 ) -> gym.vector.VectorEnv:
     """The family's native batched env when registered with a ``vector_entry_point`` (no
     autoreset: each sub-env runs one episode per reset), else a synchronous vector env (with a
-    :class:`PerformanceWarning`, shown once per env id)."""
+    :class:`PerformanceWarning`, shown once per env id).
+
+    The episodes are truncated at ``max_episode_steps`` when given (the config's horizon),
+    else at the registration's ``max_episode_steps`` (``gym.make_vec`` passes it to the
+    ``vector_entry_point`` as a keyword; the constructor's own default only applies to an id
+    registered without one), as for single envs.
+    """
     spec = gym.spec(env_id)
+    horizon = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
     if spec.vector_entry_point is not None:
-        kwargs = dict(env_kwargs)
+        kwargs = {**env_kwargs, **horizon}
         if num_threads is not None:
             kwargs["num_threads"] = num_threads
         return _made(
@@ -158,8 +169,8 @@ def make_batched_env(
         )
     warnings.warn(
         f"{env_id} has no batched version (vector_entry_point): its sub-environments are stepped "
-        "one at a time by Gymnasium's SyncVectorEnv, typically 10-20x slower; the README's "
-        "'Your own task family' shows how to write one",
+        "one at a time by Gymnasium's SyncVectorEnv, typically 10-20x slower; the documentation's "
+        "tutorial 'Your own task family' shows how to write one",
         PerformanceWarning,
         stacklevel=2,
     )
@@ -173,6 +184,7 @@ def make_batched_env(
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
             **env_kwargs,
+            **horizon,
         ),
     )
 
@@ -356,8 +368,11 @@ class TaskFamily:
     def make_batched_env(
         self, num_envs: int, num_threads: int | None = None
     ) -> gym.vector.VectorEnv:
-        """A batched env of ``num_envs`` sub-envs (see :func:`make_batched_env`)."""
-        return make_batched_env(self.env_id, num_envs, self.env_kwargs, num_threads)
+        """A batched env of ``num_envs`` sub-envs, truncated at the configured horizon when
+        one is set (see :func:`make_batched_env`)."""
+        return make_batched_env(
+            self.env_id, num_envs, self.env_kwargs, num_threads, self.max_episode_steps
+        )
 
     @property
     def prototype(self) -> Any:

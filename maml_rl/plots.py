@@ -31,7 +31,9 @@ def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
     for r in report.results:
         if r.kind == "oracle":
             m, e = float(r.mean[0]), float(r.stderr[0])
-            ax.axhline(m, color=_ORACLE_COLOR, linestyle="--", label=f"{r.label} (no adaptation)")
+            ax.axhline(
+                m, color=_ORACLE_COLOR, linestyle="--", label=f"{r.display_label} (no adaptation)"
+            )
             ax.axhspan(m - e, m + e, color=_ORACLE_COLOR, alpha=0.15, linewidth=0)
             continue
         ax.errorbar(
@@ -41,7 +43,7 @@ def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
             marker="o",
             capsize=4,
             color=_COLORS.get(r.kind),
-            label=r.label,
+            label=r.display_label,
         )
     ax.set_xticks(steps)
     ax.set_xlabel("number of gradient steps")
@@ -107,22 +109,52 @@ def plot_trajectories(
             ax.set_ylabel("y")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{result.label} on {report.env_id}: paths before and after adaptation")
+    fig.suptitle(f"{result.display_label} on {report.env_id}: paths before and after adaptation")
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def run_label(run_dir: str | Path) -> str:
+    """A run's legend name from its ``config.yaml``: the method (``MAML``, ``ProMP``,
+    ``pretrained``, ... as ``maml-rl evaluate`` names it), the preset or file the config came
+    from and the seed, e.g. ``MAML (navigation, seed 1)``; the folder's name when the run has
+    no readable config."""
+    import yaml
+
+    from maml_rl.comparisons import run_kind
+    from maml_rl.config import from_dict
+    from maml_rl.evaluation import DEFAULT_LABELS, maml_variant_label
+
+    run = Path(run_dir)
+    try:
+        config = from_dict(yaml.safe_load((run / "config.yaml").read_text()) or {})
+        kind = run_kind(run)
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return run.name
+    name = maml_variant_label(config) if kind == "maml" else DEFAULT_LABELS.get(kind, kind)
+    return f"{name} ({config.config_name}, seed {config.seed})"
+
+
 def plot_training_curves(
     run_dirs: list[Path], path: str | Path, labels: list[str] | None = None
 ) -> Path:
     """Pre- and post-adaptation return (mean over the meta-batch) per meta-iteration, read from
-    each run's ``progress.csv``; post-adaptation solid, pre-adaptation dashed. A partial last
-    row (a run killed mid-write) is left out; a run without logged iterations is a
-    ``ValueError`` naming it."""
+    each run's ``progress.csv``; post-adaptation solid, pre-adaptation dashed. The legend names
+    each run by ``labels`` when given, else by :func:`run_label` (its folder's name where two
+    runs would get the same label). A partial last row (a run killed mid-write) is left out; a
+    run without logged iterations is a ``ValueError`` naming it."""
     from maml_rl.logger import ITERATION_KEY, PROGRESS_CSV, read_progress
 
+    if labels:
+        names = list(labels)
+    else:
+        names = [run_label(run) for run in run_dirs]
+        names = [
+            n if names.count(n) == 1 else f"{n}: {Path(run).name}"
+            for n, run in zip(names, run_dirs)
+        ]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for i, run in enumerate(run_dirs):
         _, rows = read_progress(Path(run) / PROGRESS_CSV)
@@ -132,14 +164,14 @@ def plot_training_curves(
             raise ValueError(f"{run} has no logged iterations (no {PROGRESS_CSV} rows)")
         it = [int(float(r[ITERATION_KEY])) for r in rows]
         color = f"C{i}"
-        label = labels[i] if labels else Path(run).name
+        label = names[i]
         post = [float(r["rollout/post_return_mean"]) for r in rows]
         pre = [float(r["rollout/pre_return_mean"]) for r in rows]
         ax.plot(it, post, color=color, label=f"{label}: after adaptation")
         ax.plot(it, pre, color=color, linestyle="--", alpha=0.7, label=f"{label}: before")
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("mean return over the meta-batch")
-    ax.set_title("MAML-TRPO training")
+    ax.set_title("training: mean return over the meta-batch per meta-iteration")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     path = Path(path)

@@ -74,6 +74,16 @@ class MethodResult:
     policy: MLPPolicy | None = field(default=None, repr=False)
     params: list[Params] = field(default_factory=list, repr=False)
     """Per step j: the parameters the rollouts of step j were sampled with (when kept)."""
+    iteration: int | None = None
+    """The training iteration of the evaluated checkpoint (None: an untrained policy, an
+    oracle, or a policy not loaded from a checkpoint)."""
+
+    @property
+    def display_label(self) -> str:
+        """The label with the evaluated iteration, e.g. ``MAML (iteration 50)``."""
+        return (
+            self.label if self.iteration is None else f"{self.label} (iteration {self.iteration})"
+        )
 
     @property
     def mean(self) -> np.ndarray:
@@ -116,6 +126,7 @@ class EvaluationReport:
                     "label": r.label,
                     "kind": r.kind,
                     "source": r.source,
+                    "iteration": r.iteration,
                     "step_sizes": r.step_sizes,
                     "mean": r.mean.tolist(),
                     "stderr": r.stderr.tolist(),

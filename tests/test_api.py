@@ -1,23 +1,13 @@
-"""The README's Python API example runs as printed; adapted policies act as the sampler does."""
+"""Adapted policies act as the sampler does (the Python example of docs/getting-started.md runs
+in tests/test_docs.py)."""
 
 from __future__ import annotations
 
 import pathlib
-import re
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
-    section = (ROOT / "README.md").read_text().split("## Python API", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme_api"})
-    assert "rollout returns before/after the step" in capsys.readouterr().out
-    (run,) = (tmp_path / "runs").iterdir()
-    assert (run / "checkpoint.pt").is_file()
 
 
 def test_act_maps_actions_as_the_sampler_does():

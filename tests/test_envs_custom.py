@@ -1,4 +1,5 @@
-"""The custom task family example of the README runs, follows the protocol and trains."""
+"""The custom task family of the tutorial (docs/tutorials/custom-family.md) runs, follows the
+protocol and trains; the horizon a batched env truncates at."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-DOC = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "tutorials" / "custom-family.md"
 
 
 def example_code() -> str:
-    """The README's custom-family example, as it is printed."""
-    section = DOC.read_text().split("## Your own task family", 1)[1]
+    """The tutorial's module ``my_package/line.py``, as it is printed."""
+    section = DOC.read_text().split("<!-- file: my_package/line.py -->", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
@@ -105,6 +107,46 @@ def test_a_family_without_batched_env_warns_that_it_is_slow(example):
         gym.registry.pop("MyFamilies/LineSync-v0", None)
 
 
+@pytest.mark.parametrize("configured", [None, 10, 80])
+def test_the_configured_horizon_wins_over_the_registrations(example, configured):
+    """docs/tutorials/custom-family.md, "Which max_episode_steps wins": the config's
+    max_episode_steps when set, else the registration's (which gym.make_vec passes to the
+    vector_entry_point, over the constructor's default of 50), for batched and single envs."""
+    from maml_rl.family import TaskFamily
+    from maml_rl.sampler import run_episodes
+
+    gym.register(
+        id="MyFamilies/Line20-v0",
+        entry_point=example["LineEnv"],
+        vector_entry_point=example["LineVectorEnv"],
+        max_episode_steps=20,
+    )
+    try:
+        family = TaskFamily.make("MyFamilies/Line20-v0", max_episode_steps=configured)
+        expected = configured or 20
+        assert family.horizon == expected
+        venv = family.make_batched_env(3)
+        assert venv.unwrapped.max_episode_steps == expected
+        tasks = family.sample_tasks(3, np.random.default_rng(0))
+        episodes = run_episodes(
+            venv,
+            tasks,
+            [0, 1, 2],
+            family.horizon,
+            lambda t, obs: np.zeros((3, 1), np.float32),
+            family.action_mapping(),
+        )
+        assert episodes.mask.shape[0] == expected and episodes.mask.all()
+        single, steps, done = family.make_env(), 0, False
+        single.reset(seed=0)
+        while not done:
+            _, _, terminated, truncated, _ = single.step(np.array([0.0]))
+            steps, done = steps + 1, terminated or truncated
+        assert steps == expected
+    finally:
+        gym.registry.pop("MyFamilies/Line20-v0", None)
+
+
 def test_a_users_module_is_found_in_the_current_folder(tmp_path, monkeypatch):
     """The ``maml-rl`` console script does not put the current folder on sys.path."""
     from maml_rl.family import resolve_env_id
@@ -131,16 +173,17 @@ def test_a_users_module_is_found_in_the_current_folder(tmp_path, monkeypatch):
         ["env_id=MyFamilies/Line-v0", "env_import=my_package.line"],
     ],
 )
-def test_readme_commands_work_from_a_fresh_folder_after_a_non_editable_install(
+def test_tutorial_commands_work_from_a_fresh_folder_after_a_non_editable_install(
     tmp_path_factory, env_args
 ):
-    """The README's two commands, in a folder holding only my_package/line.py, with maml-rl
-    installed as a wheel (not editable) and nothing on PYTHONPATH but that install."""
+    """The tutorial's two ways of naming the module, in a folder holding only
+    my_package/line.py, with maml-rl installed as a wheel (not editable) and nothing on
+    PYTHONPATH but that install."""
     import os
     import shutil
     import subprocess
 
-    root = DOC.parent
+    root = ROOT
     target = tmp_path_factory.getbasetemp() / "wheel_install"
     if not (target / "bin" / "maml-rl").exists():
         build = tmp_path_factory.mktemp("build")
