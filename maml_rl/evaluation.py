@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maml_rl.batch import episode_success
 from maml_rl.config import TrainConfig
 from maml_rl.errors import RunFolderBusy
 from maml_rl.family import TaskFamily
@@ -78,7 +79,26 @@ def adapt_and_evaluate(
     settings: EvalSettings,
     keep: bool = False,
 ) -> tuple[np.ndarray, list[float], list[tuple[np.ndarray, np.ndarray]], list[Params]]:
-    """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps.
+    """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps (see
+    :func:`adapt_and_measure`, which also gives the success rates)."""
+    returns, _, schedule, rollouts, params = adapt_and_measure(
+        policy, config, tasks, settings, keep
+    )
+    return returns, schedule, rollouts, params
+
+
+def adapt_and_measure(
+    policy: MLPPolicy,
+    config: TrainConfig,
+    tasks: Sequence[Any],
+    settings: EvalSettings,
+    keep: bool = False,
+) -> tuple[
+    np.ndarray, np.ndarray | None, list[float], list[tuple[np.ndarray, np.ndarray]], list[Params]
+]:
+    """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps, and, when
+    the env reports ``info["success"]`` (Meta-World), the fraction of each task's K rollouts
+    that succeeded at some step, ``[num_steps + 1, N]`` (else None).
 
     Each step samples K rollouts per task with the current (per-task) parameters, computes
     advantages as in training (the config's gamma, GAE lambda, normalisation, linear baseline)
@@ -104,10 +124,16 @@ def adapt_and_evaluate(
         config.num_threads,
     )
     returns = [b.episode_returns.double().mean(dim=1).numpy() for b in run.batches]
+    flags = [episode_success(b) for b in run.batches]
+    success = (
+        None
+        if any(f is None for f in flags)
+        else np.stack([f.double().mean(dim=1).numpy() for f in flags])
+    )
     if not keep:
-        return np.stack(returns), schedule, [], []
+        return np.stack(returns), success, schedule, [], []
     rollouts = [(b.observations.numpy(), b.mask.numpy()) for b in run.batches]
-    return np.stack(returns), schedule, rollouts, run.params
+    return np.stack(returns), success, schedule, rollouts, run.params
 
 
 def random_policy(config: TrainConfig) -> MLPPolicy:
@@ -193,7 +219,7 @@ def evaluate_method(
         )
         return MethodResult(method.label, method.kind, method.source, returns[None, :])
     assert method.policy is not None
-    returns, schedule, rollouts, history = adapt_and_evaluate(
+    returns, success, schedule, rollouts, history = adapt_and_measure(
         method.policy, method.config, tasks, settings, keep
     )
     return MethodResult(
@@ -205,6 +231,7 @@ def evaluate_method(
         rollouts,
         method.policy,
         history,
+        success,
     )
 
 

@@ -74,6 +74,9 @@ class MethodResult:
     policy: MLPPolicy | None = field(default=None, repr=False)
     params: list[Params] = field(default_factory=list, repr=False)
     """Per step j: the parameters the rollouts of step j were sampled with (when kept)."""
+    success: np.ndarray | None = None
+    """``success[j, i]``: fraction of task i's K rollouts after j steps that succeeded at some
+    step, when the env reports ``info["success"]`` (Meta-World); else None."""
 
     @property
     def mean(self) -> np.ndarray:
@@ -120,6 +123,14 @@ class EvaluationReport:
                     "mean": r.mean.tolist(),
                     "stderr": r.stderr.tolist(),
                     "returns": r.returns.tolist(),
+                    **(
+                        {}
+                        if r.success is None
+                        else {
+                            "success_mean": r.success.mean(axis=1).tolist(),
+                            "success": r.success.tolist(),
+                        }
+                    ),
                 }
                 for r in self.results
             ],
@@ -136,6 +147,10 @@ def format_table(report: EvaluationReport) -> str:
         cells = [f"{m:.2f} ± {e:.2f}" for m, e in zip(r.mean, r.stderr)]
         cells += ["-"] * (n + 1 - len(cells))
         rows.append([r.label, *cells])
+    for r in report.results:  # Meta-World: success rate after 0..n steps
+        if r.success is not None:
+            rates = [f"{100 * m:.1f}%" for m in r.success.mean(axis=1)]
+            rows.append([f"{r.label}: success", *rates, *["-"] * (n + 1 - len(rates))])
     widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
 
     def line(row: list[str]) -> str:
