@@ -62,7 +62,7 @@ def sample_test_tasks(
     """The N test tasks of a config's family (see :meth:`TaskFamily.test_tasks`)."""
     family = TaskFamily.from_config(config)
     try:
-        return family.test_tasks(num_tasks, seed, source)
+        return family.test_tasks(num_tasks, seed, source, config.seed)
     finally:
         family.close()
 
@@ -314,7 +314,10 @@ def _evaluate(
     stdout: bool,
 ) -> EvaluationReport:
     env_id, horizon = family.env_id, family.horizon
-    tasks = family.test_tasks(settings.num_tasks, settings.seed, settings.test_tasks)
+    # a benchmark's held-out tasks (Meta-World) are those of the benchmark the run trained on
+    tasks = family.test_tasks(
+        settings.num_tasks, settings.seed, settings.test_tasks, methods[0].config.seed
+    )
     is_navigation = env_id.startswith("MAML/Navigation2D")
     results = [
         evaluate_method(m, tasks, settings, keep=(plots and is_navigation) or video)

@@ -431,16 +431,25 @@ class TaskFamily:
             return self._split_tasks("train", num_tasks, rng, seed)
         return self.sample_tasks(num_tasks, rng)
 
-    def test_tasks(self, num_tasks: int, seed: int, source: str = "seeded") -> list[Any]:
+    def test_tasks(
+        self,
+        num_tasks: int,
+        seed: int,
+        source: str = "seeded",
+        benchmark_seed: int | None = None,
+    ) -> list[Any]:
         """The N test tasks: drawn with the test seed (``seeded``, the same on every call; for
-        a benchmark's :class:`~maml_envs.task_family.SplitTaskSpace` from its held-out test
-        tasks) or the authors' fixed ones (``authors``), validated by the family's task space."""
+        a benchmark's :class:`~maml_envs.task_family.SplitTaskSpace` from the held-out test
+        tasks of the benchmark built with ``benchmark_seed``, the trained run's seed, default
+        ``seed``) or the authors' fixed ones (``authors``), validated by the family's task
+        space."""
         if source == "authors":
             space = self.prototype.task_space
             return [space.validate(task) for task in authors_test_tasks(self.env_id, num_tasks)]
         rng = np.random.default_rng(derive_seed(seed, TEST_STREAM))
         if self._split_space() is not None:
-            return self._split_tasks("test", num_tasks, rng, seed)
+            at = seed if benchmark_seed is None else benchmark_seed
+            return self._split_tasks("test", num_tasks, rng, at)
         return self.sample_tasks(num_tasks, rng)
 
     def _split_space(self) -> SplitTaskSpace[Any] | None:

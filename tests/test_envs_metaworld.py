@@ -205,3 +205,57 @@ def test_batched_env_equals_single_envs(num_workers):
             np.testing.assert_array_equal(obs, batched[t + 1][0][i])
             assert reward == batched[t + 1][1][i] and info["success"] == batched[t + 1][2][i]
         env.close()
+
+
+def test_sampler_records_success_and_the_trainer_reports_rates():
+    """The batch carries info["success"] per step ([T, M, K]); a meta-iteration reports the
+    success rates before and after adaptation; the preset loads."""
+    from maml_rl.batch import episode_success
+    from maml_rl.config import load_config
+    from maml_rl.trainer import MAMLTrainer
+
+    config = load_config(
+        "metaworld-ml1-reach",
+        [
+            "num_iterations=1",
+            "meta_batch_size=2",
+            "episodes_per_task=2",
+            "max_episode_steps=12",
+            "hidden_sizes=[8]",
+            "progress_bar=false",
+        ],
+    )
+    trainer = MAMLTrainer(config)
+    try:
+        tasks = trainer.sample_tasks(0)
+        assert {t.task_name for t in tasks} == {"reach-v3"}
+        batch = trainer.sampler.sample(tasks, trainer.policy.params(), 2, seed=3)
+        assert batch.success is not None and batch.success.shape == batch.mask.shape
+        assert batch.success.dtype == batch.mask.dtype
+        success = episode_success(batch)
+        assert success.shape == (2, 2) and set(success.unique().tolist()) <= {0.0, 1.0}
+        result = trainer.advance()
+        assert result.pre_success.shape == (2, 2) and result.post_success.shape == (2, 2)
+        before, after = result.success_rates
+        assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
+    finally:
+        trainer.close()
+
+
+def test_evaluation_reports_success_on_the_held_out_goals_of_the_runs_benchmark():
+    from maml_rl.config import load_config
+    from maml_rl.evaluation import Method, evaluate_method, random_policy, sample_test_tasks
+    from maml_rl.report import EvalSettings, EvaluationReport, format_table
+
+    overrides = ["max_episode_steps=12", "hidden_sizes=[8]", "seed=4"]
+    config = load_config("metaworld-ml1-reach", overrides)
+    tasks = sample_test_tasks(config, 2, seed=0)
+    _, held_out = meta_world.benchmark_split("ML1", "reach-v3", 4)
+    assert set(tasks) <= set(held_out["reach-v3"])  # the run's (seed 4) test goals
+    settings = EvalSettings(num_tasks=2, num_steps=1, env_steps=24)
+    method = Method("MAML", "maml", "x", config, policy=random_policy(config))
+    result = evaluate_method(method, tasks, settings)
+    assert result.success.shape == (2, 2) and ((0 <= result.success) & (result.success <= 1)).all()
+    report = EvaluationReport(config.env_id, settings, 12, 2, tasks, [result])
+    assert "MAML: success" in format_table(report)
+    assert len(report.to_dict()["methods"][0]["success_mean"]) == 2
