@@ -31,13 +31,20 @@ reset noise and ant model; :mod:`maml_envs.rllab_locomotion`): ``MAML/HalfCheeta
 ``MAML/HalfCheetahDir-rllab-v0``, ``MAML/AntVel-rllab-v0``, ``MAML/AntDir-rllab-v0``,
 ``MAML/AntGoal-rllab-v0`` (horizon 200).
 
+Meta-World's meta-learning benchmarks (Yu et al., CoRL 2019; :mod:`maml_envs.meta_world`, which
+needs the optional ``metaworld`` package: docs/metaworld.md), goal hidden, horizon 500,
+``info["success"]``: ``MAML/MetaWorld-ML1-<task>-v0`` for each of the 50 v3 tasks (``<task>``
+without ``-v3``, e.g. ``MAML/MetaWorld-ML1-push-v0``), ``MAML/MetaWorld-ML10-v0`` and
+``MAML/MetaWorld-ML45-v0``. Registering them imports nothing of ``metaworld``.
+
 This package (the folder ``envs/``) installs under the import name ``maml_envs``, which no
-user project's own ``envs`` package can shadow. It depends on gymnasium, mujoco and numpy only.
+user project's own ``envs`` package can shadow. It depends on gymnasium, mujoco and numpy only
+(and on ``metaworld`` for the Meta-World ids).
 """
 
 from gymnasium import register
 
-from maml_envs.task_family import TaskFamilyEnv, TaskFamilyVectorEnv, TaskSpace
+from maml_envs.task_family import SplitTaskSpace, TaskFamilyEnv, TaskFamilyVectorEnv, TaskSpace
 from maml_envs.tasks import (
     BernoulliArms,
     BernoulliBanditTaskSpace,
@@ -59,6 +66,7 @@ __all__ = [
     "GoalPosition",
     "GoalPositionTaskSpace",
     "GoalVelocity",
+    "SplitTaskSpace",
     "TabularMDP",
     "TabularMDPTaskSpace",
     "TaskFamilyEnv",
@@ -103,5 +111,33 @@ for _name, _module, _cls, _horizon, _kwargs in _FAMILIES:
         entry_point=f"maml_envs.{_module}:{_cls}Env",
         vector_entry_point=f"maml_envs.{_module}:{_cls}VectorEnv",
         max_episode_steps=_horizon,
+        kwargs=_kwargs,
+    )
+
+# Meta-World (the optional metaworld package; maml_envs.meta_world imports it when an env is made)
+METAWORLD_TASKS = (
+    "assembly", "basketball", "bin-picking", "box-close", "button-press-topdown",
+    "button-press-topdown-wall", "button-press", "button-press-wall", "coffee-button",
+    "coffee-pull", "coffee-push", "dial-turn", "disassemble", "door-close", "door-lock",
+    "door-open", "door-unlock", "hand-insert", "drawer-close", "drawer-open", "faucet-open",
+    "faucet-close", "hammer", "handle-press-side", "handle-press", "handle-pull-side",
+    "handle-pull", "lever-pull", "pick-place-wall", "pick-out-of-hole", "pick-place",
+    "plate-slide", "plate-slide-side", "plate-slide-back", "plate-slide-back-side",
+    "peg-insert-side", "peg-unplug-side", "soccer", "stick-push", "stick-pull", "push",
+    "push-wall", "push-back", "reach", "reach-wall", "shelf-place", "sweep-into", "sweep",
+    "window-open", "window-close",
+)  # fmt: skip
+"""The 50 Meta-World v3 tasks (``<name>-v3`` in metaworld), in metaworld's order."""
+
+_METAWORLD = [
+    (f"ML1-{name}", {"benchmark": "ML1", "task_name": f"{name}-v3"}) for name in METAWORLD_TASKS
+]
+_METAWORLD += [(name, {"benchmark": name, "task_name": None}) for name in ("ML10", "ML45")]
+for _name, _kwargs in _METAWORLD:
+    register(
+        id=f"MAML/MetaWorld-{_name}-v0",
+        entry_point="maml_envs.meta_world:MetaWorldEnv",
+        vector_entry_point="maml_envs.meta_world:MetaWorldVectorEnv",
+        max_episode_steps=500,
         kwargs=_kwargs,
     )

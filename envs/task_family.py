@@ -71,6 +71,21 @@ class TaskSpace(ABC, Generic[T]):
         return int(np.asarray(self.default.as_array()).shape[0])  # type: ignore[attr-defined]
 
 
+class SplitTaskSpace(TaskSpace[T]):
+    """A benchmark's task space: a fixed split into training tasks and held-out test tasks,
+    which depends on a seed (e.g. Meta-World's ML benchmarks, :mod:`maml_envs.meta_world`).
+
+    ``maml_rl`` draws a run's training tasks with ``sample_split("train", n, rng, seed)`` and its
+    test tasks with ``sample_split("test", n, rng, seed)``, ``seed`` being the run's seed;
+    :meth:`sample` (what ``sample_tasks`` uses) draws training tasks of a default split.
+    """
+
+    @abstractmethod
+    def sample_split(self, split: str, n: int, rng: np.random.Generator, seed: int) -> list[T]:
+        """Draw ``n`` tasks of ``split`` (``train`` or ``test``) of the benchmark built with
+        ``seed``, with ``rng``."""
+
+
 def check_num_tasks(n: Any) -> int:
     """Validate the ``n`` argument of ``sample_tasks``."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:

@@ -21,6 +21,8 @@ class EpisodeBatch(NamedTuple):
         mask: ``[T, M, K]`` 1.0 at valid steps, 0.0 after an episode ended.
         episode_returns: ``[M, K]`` undiscounted return of each episode.
         episode_lengths: ``[M, K]`` number of valid steps of each episode.
+        success: ``[T, M, K]`` float32 ``info["success"]`` of each step (0 at padded steps)
+            when the env reports one (Meta-World), else None.
     """
 
     observations: Tensor
@@ -29,6 +31,7 @@ class EpisodeBatch(NamedTuple):
     mask: Tensor
     episode_returns: Tensor
     episode_lengths: Tensor
+    success: Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -83,7 +86,11 @@ def task_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def episode_batch(
-    observations: Tensor, actions: Tensor, rewards: Tensor, mask: Tensor
+    observations: Tensor,
+    actions: Tensor,
+    rewards: Tensor,
+    mask: Tensor,
+    success: Tensor | None = None,
 ) -> EpisodeBatch:
     """The :class:`EpisodeBatch` of ``[T, M, K, ...]`` tensors, with each episode's return and
     length summed over time (how every sampler assembles its batch)."""
@@ -94,4 +101,14 @@ def episode_batch(
         mask=mask,
         episode_returns=rewards.sum(0),
         episode_lengths=mask.sum(0).long(),
+        success=success,
     )
+
+
+def episode_success(batch: EpisodeBatch) -> Tensor | None:
+    """``[M, K]`` 1.0 for each episode that succeeded at any of its steps (Meta-World's episode
+    success: its evaluation ends an episode at the first success), 0.0 otherwise; None when the
+    env reports no ``success``."""
+    if batch.success is None:
+        return None
+    return (batch.success * batch.mask).amax(dim=0).clamp(0.0, 1.0)

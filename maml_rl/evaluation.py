@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maml_rl.batch import episode_success
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.config import TrainConfig
 from maml_rl.errors import RunFolderBusy
@@ -62,7 +63,7 @@ def sample_test_tasks(
     """The N test tasks of a config's family (see :meth:`TaskFamily.test_tasks`)."""
     family = TaskFamily.from_config(config)
     try:
-        return family.test_tasks(num_tasks, seed, source)
+        return family.test_tasks(num_tasks, seed, source, config.seed)
     finally:
         family.close()
 
@@ -79,7 +80,26 @@ def adapt_and_evaluate(
     settings: EvalSettings,
     keep: bool = False,
 ) -> tuple[np.ndarray, list[float], list[tuple[np.ndarray, np.ndarray]], list[Params]]:
-    """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps.
+    """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps (see
+    :func:`adapt_and_measure`, which also gives the success rates)."""
+    returns, _, schedule, rollouts, params = adapt_and_measure(
+        policy, config, tasks, settings, keep
+    )
+    return returns, schedule, rollouts, params
+
+
+def adapt_and_measure(
+    policy: MLPPolicy,
+    config: TrainConfig,
+    tasks: Sequence[Any],
+    settings: EvalSettings,
+    keep: bool = False,
+) -> tuple[
+    np.ndarray, np.ndarray | None, list[float], list[tuple[np.ndarray, np.ndarray]], list[Params]
+]:
+    """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps, and, when
+    the env reports ``info["success"]`` (Meta-World), the fraction of each task's K rollouts
+    that succeeded at some step, ``[num_steps + 1, N]`` (else None).
 
     Each step samples K rollouts per task with the current (per-task) parameters, computes
     advantages as in training (the config's gamma, GAE lambda, normalisation, linear baseline)
@@ -105,10 +125,16 @@ def adapt_and_evaluate(
         config.num_threads,
     )
     returns = [b.episode_returns.double().mean(dim=1).numpy() for b in run.batches]
+    flags = [episode_success(b) for b in run.batches]
+    success = (
+        None
+        if any(f is None for f in flags)
+        else np.stack([f.double().mean(dim=1).numpy() for f in flags])
+    )
     if not keep:
-        return np.stack(returns), schedule, [], []
+        return np.stack(returns), success, schedule, [], []
     rollouts = [(b.observations.numpy(), b.mask.numpy()) for b in run.batches]
-    return np.stack(returns), schedule, rollouts, run.params
+    return np.stack(returns), success, schedule, rollouts, run.params
 
 
 def random_policy(config: TrainConfig) -> MLPPolicy:
@@ -197,7 +223,7 @@ def evaluate_method(
         )
         return MethodResult(method.label, method.kind, method.source, returns[None, :])
     assert method.policy is not None
-    returns, schedule, rollouts, history = adapt_and_evaluate(
+    returns, success, schedule, rollouts, history = adapt_and_measure(
         method.policy, method.config, tasks, settings, keep
     )
     return MethodResult(
@@ -209,7 +235,8 @@ def evaluate_method(
         rollouts,
         method.policy,
         history,
-        method.iteration,
+        iteration=method.iteration,
+        success=success,
     )
 
 
@@ -292,7 +319,10 @@ def _evaluate(
     stdout: bool,
 ) -> EvaluationReport:
     env_id, horizon = family.env_id, family.horizon
-    tasks = family.test_tasks(settings.num_tasks, settings.seed, settings.test_tasks)
+    # a benchmark's held-out tasks (Meta-World) are those of the benchmark the run trained on
+    tasks = family.test_tasks(
+        settings.num_tasks, settings.seed, settings.test_tasks, methods[0].config.seed
+    )
     is_navigation = env_id.startswith("MAML/Navigation2D")
     results = [
         evaluate_method(m, tasks, settings, keep=(plots and is_navigation) or video)

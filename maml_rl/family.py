@@ -25,6 +25,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from maml_envs.task_family import SplitTaskSpace
 from maml_rl.authors_tasks import authors_test_tasks
 from maml_rl.errors import ConfigError, RunFailure, UserEnvError
 from maml_rl.seeding import TASKS, TEST_STREAM, derive_seed
@@ -437,18 +438,56 @@ class TaskFamily:
         return tasks
 
     def training_tasks(self, seed: int, iteration: int, num_tasks: int) -> list[Any]:
-        """The tasks of meta-iteration ``iteration`` of a run seeded ``seed``."""
-        return self.sample_tasks(
-            num_tasks, np.random.default_rng(derive_seed(seed, iteration, TASKS))
-        )
+        """The tasks of meta-iteration ``iteration`` of a run seeded ``seed`` (for a benchmark's
+        :class:`~maml_envs.task_family.SplitTaskSpace`: its training tasks, the benchmark built
+        with ``seed``)."""
+        rng = np.random.default_rng(derive_seed(seed, iteration, TASKS))
+        if self._split_space() is not None:
+            return self._split_tasks("train", num_tasks, rng, seed)
+        return self.sample_tasks(num_tasks, rng)
 
-    def test_tasks(self, num_tasks: int, seed: int, source: str = "seeded") -> list[Any]:
-        """The N test tasks: drawn with the test seed (``seeded``, the same on every call) or
-        the authors' fixed ones (``authors``), validated by the family's task space."""
+    def test_tasks(
+        self,
+        num_tasks: int,
+        seed: int,
+        source: str = "seeded",
+        benchmark_seed: int | None = None,
+    ) -> list[Any]:
+        """The N test tasks: drawn with the test seed (``seeded``, the same on every call; for
+        a benchmark's :class:`~maml_envs.task_family.SplitTaskSpace` from the held-out test
+        tasks of the benchmark built with ``benchmark_seed``, the trained run's seed, default
+        ``seed``) or the authors' fixed ones (``authors``), validated by the family's task
+        space."""
         if source == "authors":
             space = self.prototype.task_space
             return [space.validate(task) for task in authors_test_tasks(self.env_id, num_tasks)]
-        return self.sample_tasks(num_tasks, np.random.default_rng(derive_seed(seed, TEST_STREAM)))
+        rng = np.random.default_rng(derive_seed(seed, TEST_STREAM))
+        if self._split_space() is not None:
+            at = seed if benchmark_seed is None else benchmark_seed
+            return self._split_tasks("test", num_tasks, rng, at)
+        return self.sample_tasks(num_tasks, rng)
+
+    def _split_space(self) -> SplitTaskSpace[Any] | None:
+        space = getattr(self.prototype, "task_space", None)
+        return space if isinstance(space, SplitTaskSpace) else None
+
+    def _split_tasks(
+        self, split: str, num_tasks: int, rng: np.random.Generator, seed: int
+    ) -> list[Any]:
+        """``num_tasks`` tasks of a benchmark's ``split`` (``train``/``test``), validated."""
+        space = self._split_space()
+        what = f"task space {type(space).__name__}.sample_split({split!r}, {num_tasks}, rng, seed)"
+        try:
+            tasks = [space.validate(t) for t in space.sample_split(split, num_tasks, rng, seed)]
+        except PASSED_ON:
+            raise
+        except Exception as err:
+            raise user_code_failed(self.env_id, what, err) from err
+        if len(tasks) != num_tasks:
+            raise UserEnvError(
+                f"env {self.env_id}: {what} returned {len(tasks)} tasks, expected {num_tasks}"
+            )
+        return tasks
 
     def close(self) -> None:
         """Close the cached env (a later use builds another)."""

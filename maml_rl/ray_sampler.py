@@ -42,6 +42,7 @@ from maml_rl.seeding import task_seeds
 INSTALL_HINT = 'sampler=ray needs Ray: pip install -e ".[ray]" (or pip install "ray>=2.9")'
 
 ShardArrays = tuple[np.ndarray, ...]  # a shard's observations, actions, rewards, mask (numpy)
+# and, when the env reports info["success"], its per-step success flags
 
 
 def import_ray() -> Any:
@@ -70,10 +71,11 @@ def assemble(shards: Sequence[ShardArrays]) -> EpisodeBatch:
             return x
         return np.pad(x, [(0, steps - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
-    observations, actions, rewards, mask = (
-        torch.from_numpy(np.concatenate([pad(s[i]) for s in shards], axis=1)) for i in range(4)
+    observations, actions, rewards, mask, *success = (
+        torch.from_numpy(np.concatenate([pad(s[i]) for s in shards], axis=1))
+        for i in range(min(len(s) for s in shards))
     )
-    return episode_batch(observations, actions, rewards, mask)
+    return episode_batch(observations, actions, rewards, mask, *success)
 
 
 class RaySamplerError(RunFailure):
@@ -168,7 +170,8 @@ class SamplerWorker:
         tasks, params, seeds = meta_batch
         torch_params = {name: torch.tensor(value) for name, value in params.items()}
         batch = self.sampler.sample_shard(tasks, torch_params, episodes_per_task, seeds, shard)
-        return tuple(x.numpy() for x in batch[:4])
+        success = () if batch.success is None else (batch.success.numpy(),)
+        return (*(x.numpy() for x in batch[:4]), *success)
 
     def close(self) -> None:
         self.sampler.close()

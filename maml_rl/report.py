@@ -77,6 +77,9 @@ class MethodResult:
     iteration: int | None = None
     """The training iteration of the evaluated checkpoint (None: an untrained policy, an
     oracle, or a policy not loaded from a checkpoint)."""
+    success: np.ndarray | None = None
+    """``success[j, i]``: fraction of task i's K rollouts after j steps that succeeded at some
+    step, when the env reports ``info["success"]`` (Meta-World); else None."""
 
     @property
     def display_label(self) -> str:
@@ -131,6 +134,14 @@ class EvaluationReport:
                     "mean": r.mean.tolist(),
                     "stderr": r.stderr.tolist(),
                     "returns": r.returns.tolist(),
+                    **(
+                        {}
+                        if r.success is None
+                        else {
+                            "success_mean": r.success.mean(axis=1).tolist(),
+                            "success": r.success.tolist(),
+                        }
+                    ),
                 }
                 for r in self.results
             ],
@@ -147,6 +158,10 @@ def format_table(report: EvaluationReport) -> str:
         cells = [f"{m:.2f} ± {e:.2f}" for m, e in zip(r.mean, r.stderr)]
         cells += ["-"] * (n + 1 - len(cells))
         rows.append([r.label, *cells])
+    for r in report.results:  # Meta-World: success rate after 0..n steps
+        if r.success is not None:
+            rates = [f"{100 * m:.1f}%" for m in r.success.mean(axis=1)]
+            rows.append([f"{r.label}: success", *rates, *["-"] * (n + 1 - len(rates))])
     widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
 
     def line(row: list[str]) -> str:

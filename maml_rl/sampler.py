@@ -87,12 +87,15 @@ class Episodes(NamedTuple):
     ``rewards`` are zero at padded steps (after an episode ended), ``mask`` is 1 at valid steps.
     ``rewards`` are float64, as the env returned them. ``actions`` have the action mapping's
     shape and dtype: ``[T, n, act_dim]`` float32 (Box) or ``[T, n]`` int64 indices (Discrete).
+    ``success`` ``[T, n]`` float32 is ``info["success"]`` of each step when the env's info
+    has it (0 at padded steps), else None.
     """
 
     observations: np.ndarray  # [T, n, obs_dim] float32
     actions: np.ndarray  # [T, n, act_dim] float32, or [T, n] int64
     rewards: np.ndarray  # [T, n] float64
     mask: np.ndarray  # [T, n] float32
+    success: np.ndarray | None = None  # [T, n] float32, or None
 
 
 class NonFiniteActions(NonFiniteRolloutError):
@@ -179,6 +182,7 @@ def run_episodes(
     act_buf = np.zeros((horizon, n, *to_env.shape), dtype=to_env.dtype)
     rew_buf = np.zeros((horizon, n), dtype=np.float64)
     mask_buf = np.zeros((horizon, n), dtype=np.float32)
+    success_buf: np.ndarray | None = None  # allocated when the env reports info["success"]
     finished = np.zeros(n, dtype=bool)
     obs = reset_with_tasks(env, tasks, seeds)
     if getattr(obs, "shape", None) != obs_shape:
@@ -189,7 +193,7 @@ def run_episodes(
         mask_buf[t] = ~finished
         act_buf[t] = act(t, obs_buf[t])
         try:
-            obs, reward, terminated, truncated, _ = env.step(to_env(act_buf[t]))
+            obs, reward, terminated, truncated, info = env.step(to_env(act_buf[t]))
         except PASSED_ON:
             raise
         except Exception as err:
@@ -197,6 +201,10 @@ def run_episodes(
         if getattr(obs, "shape", None) != obs_shape:  # a tuple compare, ~0.1 us
             raise wrong_observations(env, obs, "step()", f" at step {t}")
         rew_buf[t] = np.where(finished, 0.0, reward)
+        if "success" in info:  # a dict lookup per step for the other families
+            if success_buf is None:
+                success_buf = np.zeros((horizon, n), dtype=np.float32)
+            success_buf[t] = np.where(finished, 0.0, info["success"])
         finished |= np.asarray(terminated) | np.asarray(truncated)
         if finished.all():
             steps = t + 1
@@ -204,7 +212,8 @@ def run_episodes(
     padded = mask_buf[:steps] == 0
     obs_buf[:steps][padded] = 0.0
     act_buf[:steps][padded] = 0
-    return Episodes(obs_buf[:steps], act_buf[:steps], rew_buf[:steps], mask_buf[:steps])
+    success = None if success_buf is None else success_buf[:steps]
+    return Episodes(obs_buf[:steps], act_buf[:steps], rew_buf[:steps], mask_buf[:steps], success)
 
 
 class VectorSampler:
@@ -361,6 +370,7 @@ class VectorSampler:
             to_tensor(episodes.actions),
             to_tensor(episodes.rewards.astype(np.float32)),
             to_tensor(episodes.mask),
+            None if episodes.success is None else to_tensor(episodes.success),
         )
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from maml_rl.batch import EpisodeBatch, LossInputs
+from maml_rl.batch import EpisodeBatch, LossInputs, episode_success
 from maml_rl.checkpoint import check_training_state, numpy_rng_from_plain, numpy_rng_to_plain
 from maml_rl.clipped_meta import ClippedMetaLearner, ClippedResult
 from maml_rl.config import TrainConfig
@@ -120,6 +120,18 @@ class IterationResult:
     """Seconds per phase: sampling, advantages, adaptation, meta_step."""
     iteration_s: float = 0.0
     """Wall seconds of the whole iteration."""
+    pre_success: np.ndarray | None = None
+    """[M, K] 1.0 for episodes before adaptation that succeeded at some step, when the env
+    reports ``info["success"]`` (Meta-World), else None."""
+    post_success: np.ndarray | None = None
+    """[M, K] the same after the inner steps."""
+
+    @property
+    def success_rates(self) -> tuple[float, float] | None:
+        """(before, after adaptation) fraction of successful episodes, or None."""
+        if self.pre_success is None or self.post_success is None:
+            return None
+        return float(self.pre_success.mean()), float(self.post_success.mean())
 
 
 class Timer:
@@ -212,7 +224,16 @@ class MAMLTrainer:
         pre_returns = inner.batches[0].episode_returns.numpy()
         post_returns = post_update.episode_returns.numpy()
         steps = sum(b.num_steps for b in inner.batches)
-        return IterationResult(pre_returns, post_returns, result, steps, timer.seconds)
+        pre_success, post_success = (episode_success(b) for b in (inner.batches[0], post_update))
+        return IterationResult(
+            pre_returns,
+            post_returns,
+            result,
+            steps,
+            timer.seconds,
+            pre_success=None if pre_success is None else pre_success.numpy(),
+            post_success=None if post_success is None else post_success.numpy(),
+        )
 
     def advance(self) -> IterationResult:
         """Run the next iteration and count it; an iteration that fails leaves theta (and the

@@ -41,7 +41,8 @@ def test_same_seed_same_batch_and_different_seed_differs():
     a = sampler.sample(tasks, policy.params(), 4, seed=11)
     b = sampler.sample(tasks, policy.params(), 4, seed=11)
     c = sampler.sample(tasks, policy.params(), 4, seed=12)
-    for x, y in zip(a, b):
+    assert a.success is None and b.success is None  # the family reports no success
+    for x, y in zip(a[:-1], b[:-1]):
         assert torch.equal(x, y)
     assert not torch.equal(a.actions[:5], c.actions[:5])
 
