@@ -255,6 +255,7 @@ def run_loop(
     first) with stop signals deferred; a non-finite post-adaptation return stops the run
     (``FloatingPointError``)."""
     error: BaseException | None = None
+    STOP_SIGNALS.loops += 1
     try:
         while trainer.iteration < num_iterations:
             result = trainer.advance()
@@ -266,16 +267,19 @@ def run_loop(
         error = err
         raise
     finally:
-        STOP_SIGNALS.stopping()
-        with STOP_SIGNALS.deferred(deliver=False):
-            failed: Exception | None = None
-            for callback in reversed(callbacks):
-                try:
-                    callback.on_stop(trainer, error)
-                except Exception as stop_err:  # every callback stops, the first failure is raised
-                    failed = failed or stop_err
-            if failed is not None and error is None:
-                raise failed
+        STOP_SIGNALS.stopping(in_loop=True)
+        try:
+            with STOP_SIGNALS.deferred(deliver=False):
+                failed: Exception | None = None
+                for callback in reversed(callbacks):
+                    try:
+                        callback.on_stop(trainer, error)
+                    except Exception as stop_err:  # every callback stops; the first failure
+                        failed = failed or stop_err  # is raised
+                if failed is not None and error is None:
+                    raise failed
+        finally:
+            STOP_SIGNALS.loops -= 1
 
 
 SIGNAL_NAMES = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
@@ -300,6 +304,7 @@ class _StopSignals:
         self.depth = 0
         self.pending: int | None = None
         self.stopped = False
+        self.loops = 0  # run_loop calls in progress (a callback may train another run)
 
     def install(self) -> bool:
         """Handle the signals; False (nothing done) outside the main thread or when installed."""
@@ -330,9 +335,10 @@ class _StopSignals:
         self.stopped = True
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    def stopping(self) -> None:
-        """From now on signals are only recorded: the run is ending anyway."""
-        if self.installed:
+    def stopping(self, in_loop: bool) -> None:
+        """From now on signals are only recorded: the run is ending anyway (only the outermost
+        run: a run trained inside another's callback does not end the other)."""
+        if self.installed and self.loops <= int(in_loop):
             self.stopped = True
 
     @contextmanager
@@ -594,7 +600,7 @@ def _run(
             else []
         )
     except BaseException as err:  # before the loop: its stop cannot save for us
-        STOP_SIGNALS.stopping()
+        STOP_SIGNALS.stopping(in_loop=False)
         with STOP_SIGNALS.deferred(deliver=False):
             checkpoints.on_stop(trainer, err)
         raise
