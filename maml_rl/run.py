@@ -599,10 +599,8 @@ def _run(
             if config.progress_bar
             else []
         )
-    except BaseException as err:  # before the loop: its stop cannot save for us
-        STOP_SIGNALS.stopping(in_loop=False)
-        with STOP_SIGNALS.deferred(deliver=False):
-            checkpoints.on_stop(trainer, err)
+    except KeyboardInterrupt as err:  # before the first iteration: nothing new to save
+        _say(f"\n{_stop_reason(err)} before training started: nothing new to save")
         raise
     run_loop(
         trainer,
