@@ -2,14 +2,15 @@
 uninterrupted run. Prints the figures quoted in docs/reliability.md.
 
 Each trial starts ``maml-rl train`` (a tiny 2D-navigation run, a checkpoint every iteration)
-and stops it at a random moment with one fault: kill -9, SIGTERM, SIGINT, two SIGTERMs or two
-SIGINTs 10 ms apart, SIGHUP, SIGQUIT, or its stdout pipe closed (``| head``: the run must go
-on to the end); then ``--resume`` is run until the run completes, each resume itself killed at
-a random moment with probability 1/2. Checkpoint writes are slowed (the same bytes, written in
-ten pieces with pauses) so that many kills and second signals land inside a write. After every
-graceful stop progress.csv must hold exactly the iterations 1..N of the checkpoint (and the
-folder must still be there if it logged any); a run killed -9 before its first checkpoint is
-started afresh after removing its folder (a fresh run refuses a folder with logged iterations).
+and stops it at a random moment with one fault, in turn (8 trials try each): two SIGTERMs or
+two SIGINTs 10 ms apart, SIGHUP, SIGQUIT, its stdout pipe closed (``| head``: the run must go on
+to the end), kill -9, SIGTERM, SIGINT; then ``--resume`` is run until the run completes, each
+resume itself killed at a random moment with probability 1/2. Checkpoint writes are slowed (the
+same bytes, written in ten pieces with pauses) so that many kills and second signals land
+inside a write. After every graceful stop progress.csv must hold exactly the iterations 1..N of
+the checkpoint (and the folder must still be there if it logged any); a run killed -9 before
+its first checkpoint is started afresh after removing its folder (a fresh run refuses a folder
+with logged iterations).
 At the end every trial's progress.csv numbers and final policy must equal the uninterrupted
 run's. Also: two resumes into one folder at once.
 
@@ -101,15 +102,17 @@ def same_run(a: Path, b: Path) -> bool:
 
 
 FAULTS = [
-    "SIGKILL",
-    "SIGTERM",
-    "SIGINT",
     "double SIGTERM",
     "double SIGINT",
     "SIGHUP",
     "SIGQUIT",
     "broken pipe",
+    "SIGKILL",
+    "SIGTERM",
+    "SIGINT",
 ]
+"""The fresh run's fault, trial i gets FAULTS[i % 8] (so 8 trials try each); resumes are killed
+-9 at random."""
 
 
 def interrupt(
@@ -167,10 +170,9 @@ def interrupt(
     )
 
 
-def trial(base: Path, name: str, rng: random.Random, stats: dict[str, int]) -> bool:
+def trial(base: Path, name: str, fault: str, rng: random.Random, stats: dict[str, int]) -> bool:
     run = base / name
     fresh = ["train", "--quiet", "--set", *SETTINGS, f"log_dir={base}", f"run_name={name}"]
-    fault = rng.choice(["SIGKILL", *FAULTS])  # kill -9 twice as often
     if fault == "broken pipe":
         proc = start([a for a in fresh if a != "--quiet"], stdout=subprocess.PIPE)
     else:
@@ -240,7 +242,7 @@ def main() -> None:
             concurrent(base, 30 + 5 * i, stats)
             print(f"concurrent {i}: {stats}", flush=True)
         for i in range(args.trials):
-            equal = trial(base, f"trial{i}", rng, stats)
+            equal = trial(base, f"trial{i}", FAULTS[i % len(FAULTS)], rng, stats)
             stats["runs equal to the uninterrupted one"] += int(equal)
             print(f"trial {i}: {'equal' if equal else 'DIFFERENT'} {stats}", flush=True)
     print(f"{args.trials} trials:")
