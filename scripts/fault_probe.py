@@ -157,6 +157,9 @@ def interrupt(
     err = proc.stderr.read() if proc.stderr else ""
     stats["graceful stops that saved a checkpoint"] += int("checkpoint of iteration" in err)
     stats["graceful stops exit 130"] += int(proc.returncode == 130)
+    if proc.returncode != 130:  # e.g. a signal that came while the process was still starting
+        key = f"graceful stops with exit {proc.returncode} (stderr: {err.strip()[-60:]!r})"
+        stats[key] = stats.get(key, 0) + 1
     stats["graceful stops killed by the second signal after the save"] += int(
         proc.returncode == -sig and "checkpoint of iteration" in err
     )
