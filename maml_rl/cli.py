@@ -21,14 +21,24 @@ from maml_rl.settings import ALGORITHM_PAPERS
 
 def _train(args: argparse.Namespace) -> int:
     from maml_rl.config import parse_overrides
-    from maml_rl.run import resume, train
+    from maml_rl.logger import discard_stdout
+    from maml_rl.run import RESUMABLE_KEYS, resume, train
 
     if args.resume:
+        if args.config is not None:
+            raise ConfigError(
+                "--config cannot be used with --resume: a resumed run keeps the config it was "
+                "started with (its config.yaml); --set may change only "
+                + ", ".join(sorted(RESUMABLE_KEYS))
+            )
         run_dir = resume(args.resume, parse_overrides(args.set), stdout=not args.quiet)
     else:
         config = _load_config(args)
         run_dir = train(config, stdout=not args.quiet)
-    print(f"run folder: {run_dir}")
+    try:
+        print(f"run folder: {run_dir}", flush=True)
+    except OSError:  # stdout closed (| head): the run is done all the same
+        discard_stdout()
     return 0
 
 

@@ -26,7 +26,6 @@ import math
 import pickle
 import zipfile
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from maml_rl.config import TrainConfig, from_dict
 from maml_rl.errors import CheckpointError
 from maml_rl.family import TaskFamily
 from maml_rl.files import atomic_write, atomic_write_text, lock_run_folder
-from maml_rl.run import CONFIG_NAME, remove_unused_run_folder, train
+from maml_rl.run import CONFIG_NAME, remove_unused_run_folder, run_folder, train
 from maml_rl.sampler import run_episodes
 from maml_rl.seeding import ORACLE_TASKS, derive_seed, episode_seeds, task_seeds
 
@@ -64,11 +63,7 @@ def run_kind(path: str | Path) -> str:
 
 
 def _run_dir(config: TrainConfig, kind: str, run_dir: str | Path | None) -> Path:
-    if run_dir is not None:
-        return Path(run_dir)
-    env = config.env_id.split(":")[-1].replace("/", "-")
-    name = config.run_name or f"{env}__{kind}__{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
-    return Path(config.log_dir) / name
+    return run_folder(config, kind, run_dir)  # named where training runs are, inside log_dir
 
 
 def _write_marker(run_dir: Path, kind: str, **details: Any) -> None:

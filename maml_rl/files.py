@@ -62,12 +62,13 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-_TEMPORARY_PATTERNS = (
+TEMPORARY_PATTERNS = (
     "checkpoint.pt.*.tmp",
     "progress.csv.*.tmp",
     "config.yaml.*.tmp",
     "checkpoints/iteration_*.pt.*.tmp",
 )
+"""The temporary files :func:`atomic_write` leaves in a run folder when killed mid-write."""
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -76,7 +77,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     ``checkpoints/iteration_*.pt.*.tmp``); returns what was removed. Call it only while holding
     the folder's lock (:func:`lock_run_folder`), when no write of this run can be in progress."""
     folder = Path(folder)
-    removed = [p for pattern in _TEMPORARY_PATTERNS for p in folder.glob(pattern) if p.is_file()]
+    removed = [p for pattern in TEMPORARY_PATTERNS for p in folder.glob(pattern) if p.is_file()]
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
@@ -105,11 +106,7 @@ def lock_run_folder(folder: str | Path) -> Iterator[Path]:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise RunFolderBusy(
-                f"run folder {folder} is in use by {holder}; wait for it to end, or use another "
-                "run_name / log_dir"
-            ) from None
+            raise _busy(folder, f.read()) from None
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()}\n")
@@ -215,3 +212,30 @@ def remove_stale_output_temporaries(folder: str | Path, names: Sequence[str]) ->
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+def _busy(folder: Path, holder: str) -> RunFolderBusy:
+    return RunFolderBusy(
+        f"run folder {folder} is in use by {holder.strip() or 'another process'}; wait for it "
+        "to end, or use another run_name / log_dir"
+    )
+
+
+def check_not_busy(folder: str | Path) -> None:
+    """Raise :class:`RunFolderBusy` when another process holds ``folder``'s lock; creates no
+    file (a folder without ``.lock`` is not locked)."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        import fcntl
+
+        f = open(path)
+    except (ImportError, OSError):  # not POSIX, no lock file, unreadable: not known to be busy
+        return
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(Path(folder), f.read()) from None
+        except OSError:
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,11 @@ def _write_table(path: Path, header: list[str], rows: list[dict[str, str]]) -> N
         writer.writerows([[row.get(k, "") for k in header] for row in rows])
 
     atomic_write(path, write, mode="w")
+
+
+def logged_iterations(path: str | Path) -> int:
+    """The complete rows of a ``progress.csv`` that name an iteration (missing file: 0)."""
+    return sum(_iteration(r) is not None for r in read_progress(path)[1])
 
 
 def truncate_progress(run_dir: Path, last_iteration: int) -> int:
@@ -126,18 +133,72 @@ class _AboveProgressBar:
         sys.stdout.flush()
 
 
+def discard_stdout() -> None:
+    """Point the process's stdout at the null device once it is gone (a closed pipe, a closed
+    terminal): later writes, and the flush at exit, then succeed without a word."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(fd, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+    finally:
+        os.close(fd)
+
+
+class StdoutOutputFormat(KVWriter):
+    """The per-iteration table on stdout, which may go away without stopping the run.
+
+    When stdout is closed under it (``maml-rl train | head``: a broken pipe; a closed terminal)
+    the table stops, one line on stderr says so, and training goes on: ``progress.csv`` and
+    TensorBoard, written before the table, hold every row.
+    """
+
+    def __init__(self, stream: Any, csv_path: Path) -> None:
+        self.table = HumanOutputFormat(stream, max_length=48)
+        self.csv_path = csv_path
+        self.gone = False
+
+    def write(
+        self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0
+    ) -> None:
+        if self.gone:
+            return
+        try:
+            self.table.write(key_values, key_excluded, step)
+        except OSError as err:  # BrokenPipeError, EIO
+            self.gone = True
+            discard_stdout()
+            try:
+                print(
+                    f"maml-rl: stdout is closed ({err.strerror or err}): the table is no longer "
+                    f"printed; training goes on, every iteration is logged in {self.csv_path}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        pass  # stdout is not ours to close
+
+
 def make_logger(
     run_dir: Path, stdout: bool = True, resume: bool = False, progress_bar: bool = False
 ) -> Logger:
-    """A logger writing ``progress.csv`` and TensorBoard events into ``run_dir`` (and stdout)."""
+    """A logger writing ``progress.csv`` and TensorBoard events into ``run_dir``, then stdout (the
+    files first: a closed stdout never costs a row, see :class:`StdoutOutputFormat`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    formats: list[KVWriter] = []
+    csv_path = run_dir / PROGRESS_CSV
+    formats: list[KVWriter] = [
+        CrashSafeCSVOutputFormat(csv_path, resume=resume),
+        TensorBoardOutputFormat(str(run_dir)),
+    ]
     if stdout:
         stream = _AboveProgressBar() if progress_bar else sys.stdout
-        formats.append(HumanOutputFormat(stream, max_length=48))
-    csv_path = str(run_dir / PROGRESS_CSV)
-    formats.append(CrashSafeCSVOutputFormat(csv_path, resume=resume))
-    formats.append(TensorBoardOutputFormat(str(run_dir)))
+        formats.append(StdoutOutputFormat(stream, csv_path))
     return Logger(folder=str(run_dir), output_formats=formats)
 
 

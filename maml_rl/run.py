@@ -10,9 +10,15 @@ stable-baselines3's ``learn``: one :meth:`~maml_rl.trainer.MAMLTrainer.advance` 
 everything else in callbacks (:class:`LogCallback`, :class:`ProgressBarCallback`,
 :class:`CheckpointCallback`, and the caller's own).
 
-Checkpoints are written atomically every ``checkpoint_every`` iterations, at the end, on Ctrl-C
-or SIGTERM and on errors (the last completed iteration; the exception is re-raised). A folder
-the call created is removed again when the run stops before completing its first iteration.
+Checkpoints are written atomically every ``checkpoint_every`` iterations, at the end, on errors
+and on SIGTERM, SIGINT (Ctrl-C), SIGHUP and SIGQUIT (the last completed iteration; the exception
+is re-raised). The checkpoint on a stop is written before anything else (logger, progress bar),
+and a second signal during it is only recorded: it cannot cancel the checkpoint. A folder the
+call created is removed again when the run stops before logging its first iteration; a folder
+with logged iterations is never removed.
+
+A new run's folder (:func:`run_folder`) stays inside ``log_dir``, and a fresh run never writes
+into a folder that holds anything but a run of ours that logged no iteration.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,9 +45,25 @@ from maml_rl.checkpoint import (
 )
 from maml_rl.clipped_meta import ClippedResult
 from maml_rl.config import TrainConfig, from_dict
+from maml_rl.errors import ConfigError
 from maml_rl.family import TaskFamily
-from maml_rl.files import LOCK_NAME, atomic_write_text, lock_run_folder, remove_stale_temporaries
-from maml_rl.logger import ITERATION_KEY, log_config, make_logger, truncate_progress
+from maml_rl.files import (
+    LOCK_NAME,
+    TEMPORARY_PATTERNS,
+    atomic_write_text,
+    check_not_busy,
+    lock_run_folder,
+    remove_stale_temporaries,
+)
+from maml_rl.logger import (
+    ITERATION_KEY,
+    PROGRESS_CSV,
+    log_config,
+    logged_iterations,
+    make_logger,
+    read_progress,
+    truncate_progress,
+)
 from maml_rl.meta_sgd import learned_step_sizes
 from maml_rl.policy import MLPPolicy
 from maml_rl.settings import PolicySettings
@@ -71,8 +94,9 @@ RESUMABLE_KEYS = frozenset(
 class TrainingCallback:
     """Hooks of :func:`run_loop`; override what you need.
 
-    ``on_iteration`` runs after every completed iteration (``trainer.iteration`` counts it);
-    ``on_stop`` runs once at the end, with the exception that stopped the run or None.
+    ``on_iteration`` runs after every completed iteration (``trainer.iteration`` counts it),
+    callbacks in order; ``on_stop`` runs once at the end, with the exception that stopped the run
+    or None, callbacks in reverse order (the checkpoint first), while stop signals are deferred.
     """
 
     def on_iteration(self, trainer: MAMLTrainer, result: IterationResult) -> None:
@@ -100,7 +124,10 @@ class LogCallback(TrainingCallback):
         self.logger = logger
 
     def on_iteration(self, trainer: MAMLTrainer, result: IterationResult) -> None:
-        log_iteration(self.logger, trainer, result)
+        with (
+            STOP_SIGNALS.deferred()
+        ):  # the row whole or not at all: the CSV agrees with the checkpoint
+            log_iteration(self.logger, trainer, result)
 
     def on_stop(self, trainer: MAMLTrainer, error: BaseException | None) -> None:
         self.logger.close()
@@ -140,10 +167,11 @@ class CheckpointCallback(TrainingCallback):
     def on_iteration(self, trainer: MAMLTrainer, result: IterationResult) -> None:
         if trainer.iteration % self.every == 0:
             state = trainer.state_dict()
-            save_checkpoint(self.path, state)
-            if self.keep:
-                name = f"iteration_{trainer.iteration:05d}.pt"
-                save_checkpoint(self.run_dir / "checkpoints" / name, state)
+            with STOP_SIGNALS.deferred():
+                save_checkpoint(self.path, state)
+                if self.keep:
+                    name = f"iteration_{trainer.iteration:05d}.pt"
+                    save_checkpoint(self.run_dir / "checkpoints" / name, state)
 
     def on_stop(self, trainer: MAMLTrainer, error: BaseException | None) -> None:
         if error is None:
@@ -160,6 +188,10 @@ def log_iteration(logger: Any, trainer: MAMLTrainer, it: IterationResult) -> Non
     logger.record("rollout/pre_return_std", float(it.pre_returns.std()))
     logger.record("rollout/post_return_mean", float(it.post_returns.mean()))
     logger.record("rollout/post_return_std", float(it.post_returns.std()))
+    rates = it.success_rates
+    if rates is not None:  # Meta-World: episodes that succeeded at some step
+        logger.record("rollout/pre_success_rate", rates[0])
+        logger.record("rollout/post_success_rate", rates[1])
     logger.record("train/surrogate_before", r.loss_before)
     logger.record("train/surrogate_after", r.loss_after)
     logger.record("train/kl", r.kl)
@@ -189,34 +221,51 @@ def log_iteration(logger: Any, trainer: MAMLTrainer, it: IterationResult) -> Non
 
 
 def save_on_stop(ckpt: Path, trainer: MAMLTrainer, err: BaseException, fresh: bool) -> None:
-    """Save the last completed iteration when a run stops early and say so on stderr; a failure
-    to save (full or read-only disk) is reported without hiding ``err``."""
-    what = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
+    """Save the last completed iteration when a run stops early and say so in one line on stderr;
+    a failure to save (full or read-only disk) is reported without hiding ``err``."""
+    what = _stop_reason(err)
     if fresh:
-        print(f"\n{what} before the first iteration completed: nothing to keep", file=sys.stderr)
+        _say(f"\n{what} before the first iteration completed: nothing to keep")
         return
     try:
         save_checkpoint(ckpt, trainer.state_dict())
     except OSError as save_err:
-        print(
+        _say(
             f"\n{what}; the checkpoint of iteration {trainer.iteration} could not be saved: "
-            f"{save_err} (the last periodic checkpoint in {ckpt.parent} stays)",
-            file=sys.stderr,
+            f"{save_err} (the last periodic checkpoint in {ckpt.parent} stays)"
         )
         return
-    print(
-        f"\n{what}: checkpoint of iteration {trainer.iteration} saved in {ckpt.parent}",
-        file=sys.stderr,
+    _say(
+        f"\n{what}: checkpoint of iteration {trainer.iteration} saved in {ckpt.parent} "
+        f"(continue with: maml-rl train --resume {ckpt.parent})"
     )
+
+
+def _stop_reason(err: BaseException) -> str:
+    if isinstance(err, KeyboardInterrupt):
+        name = str(err.args[0]) if err.args and str(err.args[0]).startswith("SIG") else "SIGINT"
+        return f"interrupted ({name})"
+    return "stopped by an error"
+
+
+def _say(line: str) -> None:
+    """A line on stderr; a closed terminal (SIGHUP) must not turn a clean stop into an error."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 # -- the loop -----------------------------------------------------------------------------------
 def run_loop(
     trainer: MAMLTrainer, num_iterations: int, callbacks: Sequence[TrainingCallback]
 ) -> None:
-    """Advance ``trainer`` to ``num_iterations`` completed iterations, calling ``callbacks``
-    in order; a non-finite post-adaptation return stops the run (``FloatingPointError``)."""
+    """Advance ``trainer`` to ``num_iterations`` completed iterations, calling the callbacks'
+    ``on_iteration`` in order and, at the end, their ``on_stop`` in reverse order (the checkpoint
+    first) with stop signals deferred; a non-finite post-adaptation return stops the run
+    (``FloatingPointError``)."""
     error: BaseException | None = None
+    STOP_SIGNALS.loops += 1
     try:
         while trainer.iteration < num_iterations:
             result = trainer.advance()
@@ -228,29 +277,198 @@ def run_loop(
         error = err
         raise
     finally:
-        for callback in callbacks:
-            callback.on_stop(trainer, error)
+        STOP_SIGNALS.stopping(in_loop=True)
+        try:
+            with STOP_SIGNALS.deferred(deliver=False):
+                failed: Exception | None = None
+                for callback in reversed(callbacks):
+                    try:
+                        callback.on_stop(trainer, error)
+                    except Exception as stop_err:  # every callback stops; the first failure
+                        failed = failed or stop_err  # is raised
+                if failed is not None and error is None:
+                    raise failed
+        finally:
+            STOP_SIGNALS.loops -= 1
 
 
-def _sigterm_as_interrupt() -> Any:
-    """Make SIGTERM (a scheduler's stop) raise KeyboardInterrupt, so the run checkpoints as on
-    Ctrl-C; returns the previous handler (None when not in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+SIGNAL_NAMES = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+"""The signals that stop a run as Ctrl-C does (those the platform has)."""
 
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
 
-    return signal.signal(signal.SIGTERM, handler)
+class _StopSignals:
+    """TERM, INT, HUP and QUIT as Ctrl-C while a run trains (main thread only).
+
+    The first signal raises ``KeyboardInterrupt("SIGTERM")`` (its name), so the loop stops and
+    checkpoints the last completed iteration. Inside :meth:`deferred` (a checkpoint or a log row
+    being written) a signal is only recorded and raised when the block ends; once the run is
+    stopping (:meth:`stopping`) later signals are only recorded, so a second Ctrl-C or SIGTERM
+    cannot cancel the stop's checkpoint or remove anything. A signal ignored when the run starts
+    (``nohup``: SIGHUP; a background job: SIGINT, SIGQUIT) stays ignored; the previous handlers
+    come back at the end.
+    """
+
+    def __init__(self) -> None:
+        self.previous: dict[int, Any] = {}
+        self.installed = False
+        self.depth = 0
+        self.pending: int | None = None
+        self.stopped = False
+        self.loops = 0  # run_loop calls in progress (a callback may train another run)
+
+    def install(self) -> bool:
+        """Handle the signals; False (nothing done) outside the main thread or when installed."""
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return False
+        self.depth, self.pending, self.stopped = 0, None, False
+        for name in SIGNAL_NAMES:
+            sig = getattr(signal, name, None)
+            if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
+                continue
+            self.previous[sig] = signal.signal(sig, self._handle)
+        self.installed = True
+        return True
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self.previous.clear()
+        self.installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.depth or self.stopped:
+            self.pending = self.pending or signum
+            return
+        self._raise(signum)
+
+    def _raise(self, signum: int) -> None:
+        self.stopped = True
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def stopping(self, in_loop: bool) -> None:
+        """From now on signals are only recorded: the run is ending anyway (only the outermost
+        run: a run trained inside another's callback does not end the other)."""
+        if self.installed and self.loops <= int(in_loop):
+            self.stopped = True
+
+    @contextmanager
+    def deferred(self, deliver: bool = True) -> Iterator[None]:
+        """Record signals during the block; with ``deliver`` raise the first one after it."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if deliver and not self.depth and self.pending is not None and not self.stopped:
+            signum, self.pending = self.pending, None
+            self._raise(signum)
+
+
+STOP_SIGNALS = _StopSignals()
 
 
 # -- start and resume ---------------------------------------------------------------------------
 Callbacks = Sequence[TrainingCallback | IterationFunction]
 
 
-def default_run_name(config: TrainConfig) -> str:
+def default_run_name(config: TrainConfig, kind: str | None = None) -> str:
+    """``<env>__<kind>__<seed>__<time>``; ``kind`` defaults to the config's ``config_name``."""
     env = config.env_id.split(":")[-1].replace("/", "-")
-    return f"{env}__{config.config_name}__{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
+    kind = config.config_name if kind is None else kind
+    return f"{env}__{kind}__{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def run_folder(
+    config: TrainConfig, kind: str | None = None, run_dir: str | Path | None = None
+) -> Path:
+    """The folder of a new run, named in this one place: ``run_dir`` when given, else
+    ``log_dir/run_name``, else ``log_dir/<env>__<kind>__<seed>__<time>`` (``-2``, ``-3``, ...
+    when that exists: two runs started in one second). ``run_name`` and the generated name must
+    resolve to a folder inside ``log_dir`` (:class:`~maml_rl.errors.ConfigError` otherwise)."""
+    if run_dir:
+        return Path(run_dir)
+    log_dir = Path(config.log_dir)
+    if config.run_name:
+        return _inside_log_dir(log_dir, str(config.run_name), "run_name")
+    name = default_run_name(config) if kind is None else default_run_name(config, kind)
+    folder = _inside_log_dir(log_dir, name, "config_name")
+    for i in itertools.count(2):
+        if not folder.exists():
+            break
+        folder = log_dir / f"{name}-{i}"
+    return folder
+
+
+def _inside_log_dir(log_dir: Path, name: str, key: str) -> Path:
+    folder = log_dir / name
+    root, target = log_dir.resolve(), folder.resolve()
+    if root not in target.parents:
+        raise ConfigError(
+            f"{key}={name!r} must name a folder inside log_dir ({log_dir}), but the run folder "
+            f"would be {target}; give a plain name, or set log_dir"
+        )
+    return folder
+
+
+def check_new_run_folder(run_dir: Path) -> None:
+    """Refuse to start a fresh run in ``run_dir`` unless it is missing, empty, or holds only the
+    files of a run of ours that logged no iteration (a start that failed or was killed early):
+    never overwrite a user's files, a run, or logged iterations."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} exists and is not a folder; choose another run folder")
+    if (run_dir / CHECKPOINT_NAME).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir}")
+    logged = _logged_rows(run_dir)
+    if logged:
+        raise FileExistsError(
+            f"{run_dir} holds {logged} logged iteration(s) in {PROGRESS_CSV} but no "
+            f"{CHECKPOINT_NAME} (stopped before its first checkpoint): move or remove it to start "
+            "afresh there, or choose another run_name"
+        )
+    foreign = sorted(p.name for p in run_dir.iterdir() if not _ours(p))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(
+            f"{run_dir} is not empty and not a maml-rl run (it holds {shown}); a fresh run goes "
+            "into a new or empty folder: choose another run_name or log_dir"
+        )
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a file a run of ours that logged no iteration leaves."""
+    name = path.name
+    if name == LOCK_NAME or name.startswith("events.out.tfevents."):
+        return path.is_file()
+    if any(path.match(pattern) for pattern in TEMPORARY_PATTERNS if "/" not in pattern):
+        return path.is_file()
+    if name == "checkpoints":
+        return path.is_dir() and not any(path.iterdir())
+    if name == PROGRESS_CSV:
+        try:
+            header = read_progress(path)[0]
+        except Exception:
+            return False
+        return not header or ITERATION_KEY in header
+    if name == CONFIG_NAME:
+        try:
+            values = yaml.safe_load(path.read_text())
+            return isinstance(values, dict) and "env_id" in values and bool(from_dict(values))
+        except Exception:
+            return False
+    return False
+
+
+def _logged_rows(run_dir: Path) -> int:
+    try:
+        return logged_iterations(run_dir / PROGRESS_CSV)
+    except Exception:
+        return 1  # unreadable: treat as logged, never ours to overwrite or delete
+
+
+def _write_config(run_dir: Path, config: TrainConfig) -> None:
+    atomic_write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=True))
 
 
 def train(
@@ -259,29 +477,21 @@ def train(
     stdout: bool = True,
     callbacks: Callbacks = (),
 ) -> Path:
-    """Start a run of ``config`` in ``run_dir`` (default ``log_dir/<generated name>``); returns
-    the run folder. ``callbacks`` (:class:`TrainingCallback` objects or functions called as
-    ``f(trainer, result)`` after every iteration) run after the logging ones."""
-    if run_dir:
-        run_dir = Path(run_dir)
-    elif config.run_name:
-        run_dir = Path(config.log_dir) / config.run_name
-    else:  # a generated name is never an existing folder (two runs started in one second)
-        name = default_run_name(config)
-        run_dir = Path(config.log_dir) / name
-        for i in itertools.count(2):
-            if not run_dir.exists():
-                break
-            run_dir = Path(config.log_dir) / f"{name}-{i}"
+    """Start a run of ``config`` in ``run_dir`` (default :func:`run_folder`: ``log_dir/run_name``
+    or ``log_dir/<generated name>``); returns the run folder. ``callbacks``
+    (:class:`TrainingCallback` objects or functions called as ``f(trainer, result)`` after every
+    iteration) run after the logging ones. A folder that holds anything but a run of ours with
+    no logged iteration is refused (``FileExistsError``) before any file is written in it."""
+    folder = run_folder(config, run_dir=run_dir)
+    check_new_run_folder(folder)
 
     def start() -> tuple[MAMLTrainer, bool]:
-        if (run_dir / CHECKPOINT_NAME).exists():
-            raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir}")
+        check_new_run_folder(folder)  # again, now that the folder is locked
         trainer = MAMLTrainer(config)
-        atomic_write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=True))
+        _write_config(folder, config)
         return trainer, False
 
-    return _in_locked_folder(run_dir, start, stdout, callbacks)
+    return _in_locked_folder(folder, start, stdout, callbacks)
 
 
 def resume(
@@ -291,18 +501,41 @@ def resume(
     callbacks: Callbacks = (),
 ) -> Path:
     """Continue the run in ``run_dir`` from its checkpoint; ``overrides`` may change only
-    :data:`RESUMABLE_KEYS` (e.g. ``{"num_iterations": 1000}``). Returns the run folder."""
+    :data:`RESUMABLE_KEYS` (e.g. ``{"num_iterations": 1000}``; ``config.yaml`` is rewritten with
+    them). Returns the run folder. A folder without ``checkpoint.pt`` is refused before any file
+    is written in it; ``num_iterations`` below the completed iterations is a
+    :class:`~maml_rl.errors.ConfigError`; equal to them, nothing is done (said on stderr)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder at {run_dir}")
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        check_not_busy(run_dir)  # a run starting there: say so rather than "no run"
+        raise FileNotFoundError(
+            f"{run_dir} holds no run to resume (no {CHECKPOINT_NAME}); give a run folder "
+            "(log_dir/<run>); a run stopped before its first checkpoint is started afresh"
+        )
 
-    def restart() -> tuple[MAMLTrainer, bool]:
+    def restart() -> tuple[MAMLTrainer, bool] | None:
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)
         changes = dict(overrides or {})
         fixed = sorted(set(changes) - RESUMABLE_KEYS)
         if fixed:
             raise ValueError(f"cannot change {fixed} when resuming; only {sorted(RESUMABLE_KEYS)}")
-        trainer = MAMLTrainer(from_dict(changes, from_dict(state["config"])).validate())
+        config = from_dict(changes, from_dict(state["config"])).validate()
+        done = int(state["iteration"])
+        if config.num_iterations < done:
+            raise ConfigError(
+                f"num_iterations={config.num_iterations} is below the {done} iterations the run "
+                f"in {run_dir} has completed; a resume cannot undo iterations (give "
+                f"num_iterations above {done} to continue it)"
+            )
+        if config.num_iterations == done:
+            _say(
+                f"maml-rl: the run in {run_dir} already has its {done} iterations "
+                f"(num_iterations={done}): nothing to do; --set num_iterations=N continues it"
+            )
+            return None
+        trainer = MAMLTrainer(config)
         try:
             trainer.load_state_dict(state, run_dir / CHECKPOINT_NAME)
         except BaseException:
@@ -315,6 +548,7 @@ def resume(
                 "completed iterations; the training continues, later rows are appended",
                 file=sys.stderr,
             )
+        _write_config(run_dir, config)
         return trainer, True
 
     return _in_locked_folder(run_dir, restart, stdout, callbacks)
@@ -322,54 +556,76 @@ def resume(
 
 def _in_locked_folder(
     run_dir: Path,
-    make_trainer: Callable[[], tuple[MAMLTrainer, bool]],
+    make_trainer: Callable[[], tuple[MAMLTrainer, bool] | None],
     stdout: bool,
     callbacks: Callbacks,
 ) -> Path:
     """Lock ``run_dir``, build the trainer (``make_trainer`` returns it and whether the run is
-    resumed) and run the loop; callbacks in order: the log, the caller's, the progress bar,
-    the checkpoints."""
+    resumed, or None: nothing to do) and run the loop with stop signals handled; callbacks in
+    order: the log, the caller's, the progress bar, the checkpoints."""
     created = not run_dir.exists()
     try:
         with lock_run_folder(run_dir):
             remove_stale_temporaries(run_dir)
-            trainer, resumed = make_trainer()
-            config = trainer.config
-            previous_sigterm = _sigterm_as_interrupt()
+            installed = STOP_SIGNALS.install()
             try:
-                logger = make_logger(
-                    run_dir, stdout=stdout, resume=resumed, progress_bar=config.progress_bar
-                )
-                if not resumed:
-                    log_config(logger, config.to_dict())
-                progress = (
-                    [ProgressBarCallback(config.num_iterations, trainer.iteration)]
-                    if config.progress_bar
-                    else []
-                )
-                run_loop(
-                    trainer,
-                    config.num_iterations,
-                    [
-                        LogCallback(logger),
-                        *(
-                            c if isinstance(c, TrainingCallback) else _Function(c)
-                            for c in callbacks
-                        ),
-                        *progress,
-                        CheckpointCallback(
-                            run_dir, config.checkpoint_every, config.keep_checkpoints, created
-                        ),
-                    ],
-                )
+                try:
+                    made = make_trainer()
+                except KeyboardInterrupt as err:
+                    _say(f"\n{_stop_reason(err)} before training started: nothing new to save")
+                    raise
+                if made is None:
+                    return run_dir
+                trainer, resumed = made
+                try:
+                    _run(trainer, run_dir, resumed, created, stdout, callbacks)
+                finally:
+                    trainer.close()
             finally:
-                if previous_sigterm is not None:
-                    signal.signal(signal.SIGTERM, previous_sigterm)
-                trainer.close()
+                if installed:
+                    STOP_SIGNALS.restore()
             return run_dir
     finally:
         if created:
             remove_unused_run_folder(run_dir)
+
+
+def _run(
+    trainer: MAMLTrainer,
+    run_dir: Path,
+    resumed: bool,
+    created: bool,
+    stdout: bool,
+    callbacks: Callbacks,
+) -> None:
+    config = trainer.config
+    checkpoints = CheckpointCallback(
+        run_dir, config.checkpoint_every, config.keep_checkpoints, created
+    )
+    try:
+        logger = make_logger(
+            run_dir, stdout=stdout, resume=resumed, progress_bar=config.progress_bar
+        )
+        if not resumed:
+            log_config(logger, config.to_dict())
+        progress = (
+            [ProgressBarCallback(config.num_iterations, trainer.iteration)]
+            if config.progress_bar
+            else []
+        )
+    except KeyboardInterrupt as err:  # before the first iteration: nothing new to save
+        _say(f"\n{_stop_reason(err)} before training started: nothing new to save")
+        raise
+    run_loop(
+        trainer,
+        config.num_iterations,
+        [
+            LogCallback(logger),
+            *(c if isinstance(c, TrainingCallback) else _Function(c) for c in callbacks),
+            *progress,
+            checkpoints,
+        ],
+    )
 
 
 _RUN_FILES = ("checkpoint.pt", CONFIG_NAME, "progress.csv", "events.out.tfevents.*")
@@ -377,10 +633,13 @@ _RUN_FILES = ("checkpoint.pt", CONFIG_NAME, "progress.csv", "events.out.tfevents
 
 def remove_unused_run_folder(run_dir: Path) -> None:
     """Delete a run folder that holds no completed iteration: only this package's own files
-    (lock, config, empty log, iteration-0 checkpoint); anything else keeps the folder."""
+    (lock, config, empty log, iteration-0 checkpoint); anything else keeps the folder, and so do
+    logged iterations (rows in ``progress.csv``, a checkpoint past iteration 0)."""
     if not run_dir.is_dir():
         return
     if (run_dir / CHECKPOINT_NAME).is_file() and _iteration_of(run_dir) > 0:
+        return
+    if _logged_rows(run_dir):
         return
     ours = [p for pattern in _RUN_FILES for p in run_dir.glob(pattern)]
     others = set(run_dir.iterdir()) - set(ours) - {run_dir / LOCK_NAME}
@@ -412,4 +671,11 @@ def load_policy(path: str | Path) -> tuple[MLPPolicy, TrainConfig]:
     return policy, config
 
 
-__all__: Sequence[str] = ["TrainingCallback", "load_policy", "resume", "run_loop", "train"]
+__all__: Sequence[str] = [
+    "TrainingCallback",
+    "load_policy",
+    "resume",
+    "run_folder",
+    "run_loop",
+    "train",
+]
