@@ -259,3 +259,30 @@ def test_evaluation_reports_success_on_the_held_out_goals_of_the_runs_benchmark(
     report = EvaluationReport(config.env_id, settings, 12, 2, tasks, [result])
     assert "MAML: success" in format_table(report)
     assert len(report.to_dict()["methods"][0]["success_mean"]) == 2
+
+
+def test_training_logs_the_success_rates_before_and_after_adaptation(tmp_path):
+    """progress.csv of a Meta-World run has rollout/pre_success_rate and post_success_rate,
+    each the fraction of the iteration's episodes that succeeded (0, 1/4, ..., 1 here)."""
+    from maml_rl.config import load_config
+    from maml_rl.logger import read_progress
+    from maml_rl.run import train
+
+    config = load_config(
+        "metaworld-ml1-reach",
+        [
+            "num_iterations=1",
+            "meta_batch_size=2",
+            "episodes_per_task=2",
+            "max_episode_steps=12",
+            "hidden_sizes=[8]",
+            "progress_bar=false",
+            f"log_dir={tmp_path}",
+            "run_name=mw",
+        ],
+    )
+    run_dir = train(config, stdout=False)
+    header, rows = read_progress(run_dir / "progress.csv")
+    for key in ("rollout/pre_success_rate", "rollout/post_success_rate"):
+        assert key in header
+        assert float(rows[0][key]) in {0.0, 0.25, 0.5, 0.75, 1.0}
