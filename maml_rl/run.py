@@ -529,18 +529,19 @@ def resume(
                 f"in {run_dir} has completed; a resume cannot undo iterations (give "
                 f"num_iterations above {done} to continue it)"
             )
+        trainer = MAMLTrainer(config)
+        try:  # the whole state is checked first, also when there is nothing left to do
+            trainer.load_state_dict(state, run_dir / CHECKPOINT_NAME)
+        except BaseException:
+            trainer.close()
+            raise
         if config.num_iterations == done:
+            trainer.close()
             _say(
                 f"maml-rl: the run in {run_dir} already has its {done} iterations "
                 f"(num_iterations={done}): nothing to do; --set num_iterations=N continues it"
             )
             return None
-        trainer = MAMLTrainer(config)
-        try:
-            trainer.load_state_dict(state, run_dir / CHECKPOINT_NAME)
-        except BaseException:
-            trainer.close()
-            raise
         kept = truncate_progress(run_dir, trainer.iteration)
         if kept < trainer.iteration:
             print(

@@ -90,12 +90,14 @@ def test_numpy_rng_state_round_trips_as_plain_data(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "results/*/checkpoint.pt"))))
-def test_committed_format_1_checkpoints_load_safely_and_unchanged(path):
+def test_committed_checkpoints_load_safely_and_unchanged(path):
+    """Format 1 (the numpy RNG state as an array) and format 2 (as plain data) alike."""
     state = load_checkpoint(path)
     reference = torch.load(path, map_location="cpu", weights_only=False)  # trusted: ours
     assert state["iteration"] == reference["iteration"] and state["config"] == reference["config"]
     assert all(torch.equal(state["policy"][k], v) for k, v in reference["policy"].items())
-    a, b = numpy_rng_from_plain(state["numpy_rng"]), reference["numpy_rng"]
+    a = numpy_rng_from_plain(state["numpy_rng"])
+    b = numpy_rng_from_plain(reference["numpy_rng"])
     assert a[0] == b[0] and a[2:] == tuple(b[2:]) and np.array_equal(a[1], b[1])
     assert a[1].dtype == np.uint32
 
