@@ -25,22 +25,9 @@ LOCK_NAME = ".lock"
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], mode: str = "wb") -> Path:
     """Call ``write(file)`` on a temporary file next to ``path``, fsync it and rename it over
     ``path``. On any error (or interruption) the temporary file is removed and ``path`` is left
-    as it was. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        newline = {} if "b" in mode else {"newline": ""}
-        with os.fdopen(fd, mode, **newline) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    return path
+    as it was. Returns ``path`` (:func:`publish_together` of one file)."""
+    publish_together([(path, write, mode)])
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
