@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from maml_rl.checkpoint import (
@@ -58,6 +60,7 @@ from maml_rl.files import (
 from maml_rl.logger import (
     ITERATION_KEY,
     PROGRESS_CSV,
+    discard_stdout,
     log_config,
     logged_iterations,
     make_logger,
@@ -178,6 +181,36 @@ class CheckpointCallback(TrainingCallback):
             save_checkpoint(self.path, trainer.state_dict())
         else:
             save_on_stop(self.path, trainer, error, fresh=self.fresh and trainer.iteration == 0)
+
+
+class BusyMachineHint(TrainingCallback):
+    """After the first iteration of a call, one line on stderr when other work competes for
+    the cores while torch runs more than one intra-op thread: torch's workers then wait for
+    each other at every operation, and ``torch_threads=1`` is often faster (docs/performance.md:
+    a navigation meta-step beside one busy process on 2 cores, 1.4-1.9 s with 2 threads,
+    0.7-0.9 s with 1). Busy means a 1-minute load average above the core count plus one: the
+    run itself keeps about min(threads, cores) runnable, so the excess is someone else's."""
+
+    def __init__(self, load: Callable[[], float] | None = None, cores: int | None = None) -> None:
+        self.load = load or (lambda: os.getloadavg()[0])
+        self.cores = cores or os.cpu_count() or 1
+        self.done = False
+
+    def on_iteration(self, trainer: MAMLTrainer, result: IterationResult) -> None:
+        if self.done:
+            return
+        self.done = True
+        threads = torch.get_num_threads()
+        try:
+            load = float(self.load())
+        except OSError:  # no load average on this platform
+            return
+        if threads > 1 and load > self.cores + 1:
+            _say(
+                f"maml-rl: hint: the machine is busy (load {load:.1f} on {self.cores} cores) and "
+                f"torch uses {threads} threads; on a shared machine --set torch_threads=1 is "
+                f"often faster (iteration {trainer.iteration} took {result.iteration_s:.1f} s)"
+            )
 
 
 def log_iteration(logger: Any, trainer: MAMLTrainer, it: IterationResult) -> None:
@@ -617,6 +650,15 @@ def _run(
     except KeyboardInterrupt as err:  # before the first iteration: nothing new to save
         _say(f"\n{_stop_reason(err)} before training started: nothing new to save")
         raise
+    if stdout:  # beside the table: where this run's numbers go, before the first of them
+        try:
+            print(
+                f"run folder: {run_dir} (iterations {trainer.iteration + 1} to "
+                f"{config.num_iterations})",
+                flush=True,
+            )
+        except (OSError, ValueError):  # stdout already gone (| head): the run goes on
+            discard_stdout()
     run_loop(
         trainer,
         config.num_iterations,
@@ -624,6 +666,7 @@ def _run(
             LogCallback(logger),
             *(c if isinstance(c, TrainingCallback) else _Function(c) for c in callbacks),
             *progress,
+            BusyMachineHint(),
             checkpoints,
         ],
     )
