@@ -24,6 +24,8 @@ def _train(args: argparse.Namespace) -> int:
     from maml_rl.logger import discard_stdout
     from maml_rl.run import RESUMABLE_KEYS, resume, train
 
+    if args.quiet and not any(s.startswith("progress_bar=") for s in args.set or []):
+        args.set = [*(args.set or []), "progress_bar=false"]
     if args.resume:
         if args.config is not None:
             raise ConfigError(
@@ -137,9 +139,9 @@ def _load_config(args: argparse.Namespace):  # -> TrainConfig
     said on stderr (they are the 2D-navigation preset's settings, whatever ``env_id`` is)."""
     if args.config is None:
         print(
-            "maml-rl: no --config: using the defaults (the paper's 2D-navigation settings: "
-            "20 tasks x 20 episodes, 500 iterations, 2x100 MLP; `maml-rl train --help` lists "
-            "every key)",
+            "maml-rl: no --config: the keys --set does not give take their defaults (the "
+            "paper's 2D-navigation settings: 20 tasks x 20 episodes, 500 iterations, 2x100 MLP; "
+            "`maml-rl train --help` lists every key)",
             file=sys.stderr,
         )
     return load_config(args.config, args.set)
@@ -294,7 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR (--set may then change only the iteration count, "
         "checkpointing, progress bar, device, thread counts and the sampling back-end)",
     )
-    p.add_argument("--quiet", action="store_true", help="no per-iteration table on stdout")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no per-iteration table on stdout and no progress bar (progress_bar=false)",
+    )
     p.set_defaults(func=_train)
     _add_evaluate_parser(sub)
     _add_baseline_parser(sub)

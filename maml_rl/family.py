@@ -15,8 +15,10 @@ policy's [-1, 1]^d mapped onto the Box), otherwise a clip to the Box's bounds; f
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -70,6 +72,20 @@ def registered_families() -> list[str]:
     return sorted(ids)
 
 
+def registered_families_summary(families: list[str]) -> list[str]:
+    """``families`` with the per-task ids of one pattern (Meta-World's 50 ML1 ids,
+    ``MAML/MetaWorld-ML1-<task>-v0``) folded into one entry with their count."""
+    pattern = re.compile(r"^(MAML/MetaWorld-ML1-).+(-v\d+)$")
+    folded = [f for f in families if pattern.match(f)]
+    rest = [f for f in families if not pattern.match(f)]
+    if len(folded) > 1:
+        head, tail = pattern.match(folded[0]).groups()  # type: ignore[union-attr]
+        rest.append(f"{head}<task>{tail} ({len(folded)} tasks)")
+    elif folded:
+        rest += folded
+    return rest
+
+
 def resolve_env_id(env_id: str) -> str:
     """Import ``module`` for ids written ``module:Id`` (a user's family) and return ``Id``.
 
@@ -85,8 +101,14 @@ def resolve_env_id(env_id: str) -> str:
             hint = ""
         except gym.error.Error as err:
             hint = f" ({str(err).strip()})"
+        families = registered_families()
+        close = difflib.get_close_matches(env_id, families, n=3, cutoff=0.6)
+        nearest = f"did you mean {', '.join(map(repr, close))}? " if close else ""
         raise ValueError(
-            f"unknown env id {env_id!r}{hint}; registered task families: {registered_families()}"
+            f"unknown env id {env_id!r}{hint}; {nearest}a family of your own is registered by "
+            "importing its module: write env_id=MODULE:ID (MODULE importable from the current "
+            "folder) or set env_import=MODULE; registered task families: "
+            f"{registered_families_summary(families)}"
         )
     return env_id
 

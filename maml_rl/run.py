@@ -189,12 +189,18 @@ class BusyMachineHint(TrainingCallback):
     each other at every operation, and ``torch_threads=1`` is often faster (docs/performance.md:
     a navigation meta-step beside one busy process on 2 cores, 1.4-1.9 s with 2 threads,
     0.7-0.9 s with 1). Busy means a 1-minute load average above the core count plus one: the
-    run itself keeps about min(threads, cores) runnable, so the excess is someone else's."""
+    run itself keeps about min(threads, cores) runnable, so the excess is someone else's. Only
+    for a person at a terminal (stderr a TTY): logs and scripts get no hint."""
 
-    def __init__(self, load: Callable[[], float] | None = None, cores: int | None = None) -> None:
+    def __init__(
+        self,
+        load: Callable[[], float] | None = None,
+        cores: int | None = None,
+        interactive: bool | None = None,
+    ) -> None:
         self.load = load or (lambda: os.getloadavg()[0])
         self.cores = cores or os.cpu_count() or 1
-        self.done = False
+        self.done = not (_stderr_is_a_terminal() if interactive is None else interactive)
 
     def on_iteration(self, trainer: MAMLTrainer, result: IterationResult) -> None:
         if self.done:
@@ -279,6 +285,13 @@ def _stop_reason(err: BaseException) -> str:
         name = str(err.args[0]) if err.args and str(err.args[0]).startswith("SIG") else "SIGINT"
         return f"interrupted ({name})"
     return "stopped by an error"
+
+
+def _stderr_is_a_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _say(line: str) -> None:

@@ -129,7 +129,9 @@ def test_run_failures_are_one_line_and_exit_1(capsys, monkeypatch):
 
 def test_without_config_the_defaults_are_said_and_named(tmp_path, capsys):
     assert main(["train", "--quiet", "--set", *TINY, f"log_dir={tmp_path}"]) == 0
-    assert "no --config: using the defaults" in capsys.readouterr().err
+    assert "no --config: the keys --set does not give take their defaults" in (
+        capsys.readouterr().err
+    )
     (run,) = tmp_path.iterdir()
     assert "__default__" in run.name
 

@@ -67,6 +67,15 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     assert "unknown env id 'MAML/Nope-v0'" in capsys.readouterr().err
 
 
+def test_an_unknown_env_id_suggests_the_closest_and_how_to_register_ones_own(capsys):
+    assert main(["train", "--set", "env_id=MAML/Navigation2D-v1"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "did you mean 'MAML/Navigation2D-v0'?" in line
+    assert "env_id=MODULE:ID" in line and "env_import=MODULE" in line
+    assert "'MAML/MetaWorld-ML1-<task>-v0 (50 tasks)'" in line  # not the 50 ids one by one
+    assert "MAML/MetaWorld-ML1-push-v0" not in line
+
+
 def test_cli_trains_a_tiny_run(tmp_path, capsys):
     code = main(
         [

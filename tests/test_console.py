@@ -21,7 +21,7 @@ def test_training_names_its_run_folder_at_the_start(tmp_path, capsys):
 
 
 def _hint(capsys, load: float, threads: int, iterations: int = 1) -> list[str]:
-    hint = BusyMachineHint(load=lambda: load, cores=2)
+    hint = BusyMachineHint(load=lambda: load, cores=2, interactive=True)
     trainer = SimpleNamespace(iteration=1)
     result = SimpleNamespace(iteration_s=12.5)
     previous = torch.get_num_threads()
@@ -48,3 +48,9 @@ def test_a_busy_machine_gets_one_hint_about_torch_threads(capsys):
 )
 def test_no_hint_for_the_runs_own_load_or_one_torch_thread(capsys, load, threads):
     assert _hint(capsys, load=load, threads=threads) == []
+
+
+def test_no_hint_when_stderr_is_not_a_terminal(capsys):
+    hint = BusyMachineHint(load=lambda: 9.0, cores=2, interactive=False)
+    hint.on_iteration(SimpleNamespace(iteration=1), SimpleNamespace(iteration_s=1.0))
+    assert capsys.readouterr().err == ""
