@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     from maml_rl.report import EvaluationReport, MethodResult
@@ -28,6 +29,9 @@ def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
     """Return vs gradient steps with standard-error bars; oracles as dashed horizontal lines."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     steps = np.arange(report.settings.num_steps + 1)
+    adapted = [r for r in report.results if r.kind != "oracle"]
+    # each method's points a little apart, so that overlapping error bars stay readable
+    offsets = {id(r): 0.06 * (i - (len(adapted) - 1) / 2) for i, r in enumerate(adapted)}
     for r in report.results:
         if r.kind == "oracle":
             m, e = float(r.mean[0]), float(r.stderr[0])
@@ -37,7 +41,7 @@ def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
             ax.axhspan(m - e, m + e, color=_ORACLE_COLOR, alpha=0.15, linewidth=0)
             continue
         ax.errorbar(
-            steps[: len(r.mean)],
+            steps[: len(r.mean)] + offsets[id(r)],
             r.mean,
             yerr=r.stderr,
             marker="o",
@@ -170,6 +174,7 @@ def plot_training_curves(
         ax.plot(it, post, color=color, label=f"{label}: after adaptation")
         ax.plot(it, pre, color=color, linestyle="--", alpha=0.7, label=f"{label}: before")
     ax.set_xlabel("meta-iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean return over the meta-batch")
     ax.set_title("training: mean return over the meta-batch per meta-iteration")
     ax.grid(alpha=0.3)
