@@ -207,24 +207,22 @@ def test_batched_env_equals_single_envs(num_workers):
         env.close()
 
 
+def _tiny_reach(*overrides: str):
+    """The ML1 reach preset, one iteration of 2 tasks x 2 episodes of 12 steps."""
+    from maml_rl.config import load_config
+
+    tiny = ["num_iterations=1", "meta_batch_size=2", "episodes_per_task=2"]
+    tiny += ["max_episode_steps=12", "hidden_sizes=[8]", "progress_bar=false"]
+    return load_config("metaworld-ml1-reach", [*tiny, *overrides])
+
+
 def test_sampler_records_success_and_the_trainer_reports_rates():
     """The batch carries info["success"] per step ([T, M, K]); a meta-iteration reports the
     success rates before and after adaptation; the preset loads."""
     from maml_rl.batch import episode_success
-    from maml_rl.config import load_config
     from maml_rl.trainer import MAMLTrainer
 
-    config = load_config(
-        "metaworld-ml1-reach",
-        [
-            "num_iterations=1",
-            "meta_batch_size=2",
-            "episodes_per_task=2",
-            "max_episode_steps=12",
-            "hidden_sizes=[8]",
-            "progress_bar=false",
-        ],
-    )
+    config = _tiny_reach()
     trainer = MAMLTrainer(config)
     try:
         tasks = trainer.sample_tasks(0)
@@ -264,23 +262,10 @@ def test_evaluation_reports_success_on_the_held_out_goals_of_the_runs_benchmark(
 def test_training_logs_the_success_rates_before_and_after_adaptation(tmp_path):
     """progress.csv of a Meta-World run has rollout/pre_success_rate and post_success_rate,
     each the fraction of the iteration's episodes that succeeded (0, 1/4, ..., 1 here)."""
-    from maml_rl.config import load_config
     from maml_rl.logger import read_progress
     from maml_rl.run import train
 
-    config = load_config(
-        "metaworld-ml1-reach",
-        [
-            "num_iterations=1",
-            "meta_batch_size=2",
-            "episodes_per_task=2",
-            "max_episode_steps=12",
-            "hidden_sizes=[8]",
-            "progress_bar=false",
-            f"log_dir={tmp_path}",
-            "run_name=mw",
-        ],
-    )
+    config = _tiny_reach(f"log_dir={tmp_path}", "run_name=mw")
     run_dir = train(config, stdout=False)
     header, rows = read_progress(run_dir / "progress.csv")
     for key in ("rollout/pre_success_rate", "rollout/post_success_rate"):
