@@ -11,6 +11,7 @@ parameters (:func:`gradient_step`, :func:`fine_tune`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -120,8 +121,10 @@ def fine_tune(
     rollouts sampled with ``seeds[j]``; ``len(seeds) == len(schedule) + 1``. A policy with
     Meta-SGD's learned step sizes steps with them times ``schedule[j] / inner_lr``
     (:func:`~maml_rl.meta_sgd.step_sizes_for`); ``inner_lr`` is training's step size.
-    ``what(j)`` names batch j in an :class:`~maml_rl.errors.UnusableBatchError`."""
-    policy = policy.cpu()
+    ``what(j)`` names batch j in an :class:`~maml_rl.errors.UnusableBatchError`. The caller's
+    policy is left where it is: one on another device is copied to the CPU."""
+    if any(p.device.type != "cpu" for p in policy.parameters()):
+        policy = copy.deepcopy(policy).cpu()
     steps = step_sizes_for(policy, schedule, inner_lr, detach=True)
     sampler = VectorSampler(family, policy, num_threads)
     try:

@@ -61,3 +61,17 @@ def test_training_runs_on_cuda(tmp_path):
     assert rows[0][0][key] == rows[1][0][key]
     post = "rollout/post_return_mean"
     assert float(rows[0][0][post]) == pytest.approx(float(rows[1][0][post]), rel=1e-3)
+
+
+def test_adapting_a_cuda_policy_leaves_it_on_the_gpu():
+    """Test-time adaptation runs on a CPU copy; the caller's policy is not moved."""
+    from maml_rl.api import adapt
+    from maml_rl.config import TrainConfig
+    from maml_rl.evaluation import random_policy
+    from maml_rl.family import TaskFamily
+
+    config = TrainConfig(episodes_per_task=2, hidden_sizes=[8], progress_bar=False).validate()
+    policy = random_policy(config).cuda()
+    task = TaskFamily.from_config(config).test_tasks(1, seed=0)[0]
+    adapt(policy, config, task, num_steps=1)
+    assert all(p.device.type == "cuda" for p in policy.parameters())
