@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from maml_rl.batch import episode_success
-from maml_rl.checkpoint import load_checkpoint
+from maml_rl.checkpoint import load_checkpoint, resolve_checkpoint
 from maml_rl.config import TrainConfig
 from maml_rl.errors import RunFolderBusy
 from maml_rl.family import TaskFamily
@@ -46,7 +46,7 @@ from maml_rl.report import (
     format_table,
     write_report,
 )
-from maml_rl.run import load_policy
+from maml_rl.run import policy_from_state
 from maml_rl.seeding import TEST_STREAM, derive_seed
 from maml_rl.settings import AdvantageSettings, PolicySettings
 from maml_rl.trainer import make_policy
@@ -182,8 +182,9 @@ def load_method(path: str | Path, label: str | None = None) -> Method:
     if kind == "oracle":
         model, config = load_oracle(path)
         return Method(label or DEFAULT_LABELS[kind], kind, str(path), config, oracle=model)
-    policy, config = load_policy(path)
-    iteration = int(load_checkpoint(path)["iteration"])
+    state = load_checkpoint(path)  # read once: the policy and the iteration it reached
+    policy, config = policy_from_state(state, resolve_checkpoint(path))
+    iteration = int(state["iteration"])
     default = maml_variant_label(config) if kind == "maml" else DEFAULT_LABELS[kind]
     return Method(label or default, kind, str(path), config, policy=policy, iteration=iteration)
 

@@ -717,12 +717,17 @@ def _iteration_of(run_dir: Path) -> int:
 # -- results ------------------------------------------------------------------------------------
 def load_policy(path: str | Path) -> tuple[MLPPolicy, TrainConfig]:
     """The trained policy and config of a run folder or checkpoint file."""
-    state = load_checkpoint(path)
+    return policy_from_state(load_checkpoint(path), resolve_checkpoint(path))
+
+
+def policy_from_state(state: dict[str, Any], source: Path) -> tuple[MLPPolicy, TrainConfig]:
+    """The policy and config of a loaded checkpoint ``state`` (read from ``source``, the file
+    named when its policy does not fit the policy its config builds)."""
     config = from_dict(state["config"]).validate()
     family = TaskFamily.from_config(config)
     policy = make_policy(family, config.part(PolicySettings), meta_sgd_init(config))
     try:
-        load_policy_state(policy, state["policy"], resolve_checkpoint(path))
+        load_policy_state(policy, state["policy"], source)
     finally:
         family.close()
     return policy, config
