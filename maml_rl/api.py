@@ -132,9 +132,7 @@ def adapt(
     params = run.params[-1]
     if not is_task_batched(params):  # no step taken: give the parameters a task dimension
         params = {name: p.unsqueeze(0) for name, p in params.items()}
-    space = family.action_space
-    family.close()
-    return AdaptedPolicy(policy, params, config, space, returns)
+    return AdaptedPolicy(policy, params, config, family.action_space, returns)
 
 
 __all__: Sequence[str] = ["AdaptedPolicy", "actions_for_env", "adapt", "make_env"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -340,10 +341,22 @@ RUN_FAILURES = (RunFailure, OSError, ImportError, FloatingPointError)
 """The run could not go on (cluster, disk, missing optional package, unusable numbers): exit 1."""
 
 
+def add_current_folder_to_path() -> None:
+    """Append the current folder to ``sys.path`` (after the installed packages, so it never
+    hides them), once per process: the ``maml-rl`` console script, unlike ``python -m`` or
+    ``python script.py``, does not put it there, and a user's task-family module is looked up
+    in it (``env_id=MODULE:ID``, ``env_import``). Called by the command line only; the Python
+    API leaves ``sys.path`` to its caller."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; every expected failure is one line on stderr (``maml-rl: error:
     ...``) and exit code 2 (the user's input) or 1 (the machine, cluster or numbers)."""
     args = build_parser().parse_args(argv)
+    add_current_folder_to_path()  # a user's family module from the current folder
     try:
         return int(args.func(args))
     except USER_ERRORS as err:

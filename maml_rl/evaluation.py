@@ -62,10 +62,7 @@ def sample_test_tasks(
 ) -> list[Any]:
     """The N test tasks of a config's family (see :meth:`TaskFamily.test_tasks`)."""
     family = TaskFamily.from_config(config)
-    try:
-        return family.test_tasks(num_tasks, seed, source, config.seed)
-    finally:
-        family.close()
+    return family.test_tasks(num_tasks, seed, source, config.seed)
 
 
 def rollout_seed(seed: int, step: int) -> int:
@@ -140,11 +137,8 @@ def adapt_and_measure(
 def random_policy(config: TrainConfig) -> MLPPolicy:
     """An untrained policy: the initialisation a run with this config starts from."""
     family = TaskFamily.from_config(config)
-    try:
-        torch.manual_seed(config.seed)
-        return make_policy(family, config.part(PolicySettings))
-    finally:
-        family.close()
+    torch.manual_seed(config.seed)
+    return make_policy(family, config.part(PolicySettings))
 
 
 @dataclass

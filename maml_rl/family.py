@@ -19,7 +19,6 @@ import difflib
 import importlib
 import os
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from maml_envs.task_family import SplitTaskSpace
+from maml_envs.task_family import SplitTaskSpace, TaskSpace
 from maml_rl.authors_tasks import authors_test_tasks
 from maml_rl.errors import ConfigError, RunFailure, UserEnvError
 from maml_rl.seeding import TASKS, TEST_STREAM, derive_seed
@@ -42,21 +41,16 @@ class PerformanceWarning(UserWarning):
 
 
 def import_user_module(module: str, what: str) -> None:
-    """Import a user's module (one naming a task family), searching the current folder too.
-
-    The ``maml-rl`` console script, unlike ``python -m``, does not put the current folder on
-    ``sys.path``; it is appended (after installed packages, so it never hides them) before the
-    import. Raises ``ValueError`` naming the module and where it was looked for.
-    """
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
+    """Import a user's module (one naming a task family) from ``sys.path`` as it is (the
+    ``maml-rl`` command has added the current folder:
+    :func:`maml_rl.cli.add_current_folder_to_path`).
+    Raises ``ValueError`` naming the module and where it was looked for."""
     try:
         importlib.import_module(module)
     except ImportError as err:
         raise ValueError(
             f"cannot import {what} {module!r} ({err}); it must be importable from the current "
-            f"folder ({cwd}) or a folder on PYTHONPATH, or be installed"
+            f"folder ({os.getcwd()}) or a folder on PYTHONPATH, or be installed"
         ) from err
 
 
@@ -310,8 +304,51 @@ def reset_with_tasks(env: gym.vector.VectorEnv, tasks: list[Any], seeds: list[in
 
 
 @dataclass(frozen=True)
+class FamilyDescription:
+    """What one env of a family says about the whole family, read once when it is resolved.
+
+    Attributes:
+        observation_space: the family's observation space.
+        action_space: the family's action space.
+        task_space: the env's ``task_space`` (None when it has none).
+        samples_from_task_space: its ``sample_tasks`` is the task space's ``sample`` (every
+            :class:`~maml_envs.task_family.TaskFamilyEnv`), so tasks are drawn without an env;
+            False for a family with a ``sample_tasks`` of its own.
+        render_modes: the env's ``metadata["render_modes"]``.
+    """
+
+    observation_space: gym.Space
+    action_space: gym.Space
+    task_space: TaskSpace[Any] | None
+    samples_from_task_space: bool
+    render_modes: tuple[str, ...]
+
+
+def describe_family(env_id: str, env_kwargs: dict[str, Any]) -> FamilyDescription:
+    """Build one env of the family, read its :class:`FamilyDescription`, close it. An env
+    without ``sample_tasks(n, rng)`` is not a task family (``ValueError``)."""
+    env = make_family_env(env_id, env_kwargs)
+    try:
+        inner = env.unwrapped
+        if not hasattr(inner, "sample_tasks"):
+            raise ValueError(f"{env_id} is not a task family: its env has no sample_tasks(n, rng)")
+        method = getattr(type(inner), "sample_tasks", None)
+        delegates = getattr(method, "__qualname__", "") == "_SamplesTasks.sample_tasks"
+        return FamilyDescription(
+            inner.observation_space,
+            inner.action_space,
+            getattr(inner, "task_space", None),
+            delegates and hasattr(inner, "task_space"),
+            tuple(inner.metadata.get("render_modes", [])),
+        )
+    finally:
+        env.close()
+
+
+@dataclass(frozen=True)
 class TaskFamily:
-    """A resolved task family (build with :meth:`from_config` or :meth:`make`).
+    """A resolved task family (build with :meth:`from_config` or :meth:`make`): a small
+    picklable value that holds no env and changes no global state after it is made.
 
     Attributes:
         env_id: the registered Gymnasium id (a ``module:`` prefix resolved away).
@@ -320,15 +357,16 @@ class TaskFamily:
         max_episode_steps: the configured horizon (None: the registered one is used).
         normalize_actions: see :class:`ActionMapping` (Box action spaces only).
         imports: modules to import before the id is known (Ray workers re-import them).
+        description: its spaces, task space and render modes (:func:`describe_family`).
     """
 
     env_id: str
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    horizon: int = 0
-    max_episode_steps: int | None = None
-    normalize_actions: bool = False
-    imports: tuple[str, ...] = ()
-    _prototype: list[Any] = field(default_factory=list, compare=False, repr=False)
+    env_kwargs: dict[str, Any]
+    horizon: int
+    max_episode_steps: int | None
+    normalize_actions: bool
+    imports: tuple[str, ...]
+    description: FamilyDescription = field(compare=False, repr=False)
 
     @classmethod
     def make(
@@ -339,7 +377,8 @@ class TaskFamily:
         normalize_actions: bool = False,
         env_import: str | None = None,
     ) -> TaskFamily:
-        """Import what registers the family, resolve its id and horizon."""
+        """Import what registers the family, resolve its id and horizon, and describe it from
+        one env (built and closed here; ``ValueError`` for an id that is no task family)."""
         imports = [*([env_import] if env_import else []), BUILT_IN_FAMILIES]
         for module in imports:
             import_user_module(module, "env_import module")
@@ -349,13 +388,15 @@ class TaskFamily:
         horizon = max_episode_steps or gym.spec(resolved).max_episode_steps
         if not horizon or horizon <= 0:
             raise ValueError(f"{resolved} has no max_episode_steps; set max_episode_steps")
+        kwargs = dict(env_kwargs or {})
         return cls(
             resolved,
-            dict(env_kwargs or {}),
+            kwargs,
             int(horizon),
             max_episode_steps,
             bool(normalize_actions),
             tuple(imports),
+            describe_family(resolved, kwargs),
         )
 
     @classmethod
@@ -368,9 +409,6 @@ class TaskFamily:
             config.normalize_actions,
             config.env_import,
         )
-
-    def __getstate__(self) -> dict[str, Any]:  # the cached env stays behind
-        return {**self.__dict__, "_prototype": []}
 
     def import_modules(self) -> None:
         """Import :attr:`imports` (in a fresh process, e.g. a Ray worker, before any env)."""
@@ -398,25 +436,17 @@ class TaskFamily:
         )
 
     @property
-    def prototype(self) -> Any:
-        """One unwrapped env of the family, built on first use and kept: its spaces, its task
-        space and its ``sample_tasks``."""
-        if not self._prototype:
-            env = make_family_env(self.env_id, self.env_kwargs).unwrapped
-            if not hasattr(env, "sample_tasks"):
-                raise ValueError(
-                    f"{self.env_id} is not a task family: its env has no sample_tasks(n, rng)"
-                )
-            self._prototype.append(env)
-        return self._prototype[0]
-
-    @property
     def observation_space(self) -> gym.Space:
-        return self.prototype.observation_space
+        return self.description.observation_space
 
     @property
     def action_space(self) -> gym.Space:
-        return self.prototype.action_space
+        return self.description.action_space
+
+    @property
+    def render_modes(self) -> tuple[str, ...]:
+        """The render modes of the family's env (``rgb_array`` for videos)."""
+        return self.description.render_modes
 
     def action_mapping(self, space: gym.spaces.Space | None = None) -> ActionMapping:
         """Policy actions -> env actions for ``space`` (default: the family's action space)."""
@@ -428,21 +458,20 @@ class TaskFamily:
 
         A task space without ``sample``, or whose ``sample`` raises or returns another number
         of tasks, is a :class:`UserEnvError` naming the env and the task space's class."""
-        env = self.prototype
-        space = getattr(env, "task_space", None)
-        method = getattr(type(env), "sample_tasks", None)
-        delegates = getattr(method, "__qualname__", "") == "_SamplesTasks.sample_tasks"
-        if space is not None and delegates:  # maml_envs.task_family's: task_space.sample
+        space = self.description.task_space
+        if self.description.samples_from_task_space:  # maml_envs' sample_tasks: space.sample
             what = f"task space {type(space).__name__}.sample({num_tasks}, rng)"
             if not callable(getattr(space, "sample", None)):
                 raise UserEnvError(
                     f"env {self.env_id}: task space {type(space).__name__} has no "
                     "sample(n, rng) method"
                 )
-        else:
+            draw = space.sample
+        else:  # a family's own sample_tasks needs its env
             what = f"sample_tasks({num_tasks}, rng)"
+            draw = self._env_sample_tasks
         try:
-            tasks = env.sample_tasks(num_tasks, rng)
+            tasks = draw(num_tasks, rng)
         except PASSED_ON:
             raise
         except Exception as err:
@@ -481,7 +510,7 @@ class TaskFamily:
         ``seed``) or the authors' fixed ones (``authors``), validated by the family's task
         space."""
         if source == "authors":
-            space = self.prototype.task_space
+            space = self.description.task_space
             return [space.validate(task) for task in authors_test_tasks(self.env_id, num_tasks)]
         rng = np.random.default_rng(derive_seed(seed, TEST_STREAM))
         if self._split_space() is not None:
@@ -490,7 +519,7 @@ class TaskFamily:
         return self.sample_tasks(num_tasks, rng)
 
     def _split_space(self) -> SplitTaskSpace[Any] | None:
-        space = getattr(self.prototype, "task_space", None)
+        space = self.description.task_space
         return space if isinstance(space, SplitTaskSpace) else None
 
     def _split_tasks(
@@ -511,8 +540,10 @@ class TaskFamily:
             )
         return tasks
 
-    def close(self) -> None:
-        """Close the cached env (a later use builds another)."""
-        for env in self._prototype:
+    def _env_sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> Any:
+        """``sample_tasks`` of a family that draws its tasks in its env (built and closed)."""
+        env = make_family_env(self.env_id, self.env_kwargs)
+        try:
+            return env.unwrapped.sample_tasks(num_tasks, rng)
+        finally:
             env.close()
-        self._prototype.clear()

@@ -726,10 +726,7 @@ def policy_from_state(state: dict[str, Any], source: Path) -> tuple[MLPPolicy, T
     config = from_dict(state["config"]).validate()
     family = TaskFamily.from_config(config)
     policy = make_policy(family, config.part(PolicySettings), meta_sgd_init(config))
-    try:
-        load_policy_state(policy, state["policy"], source)
-    finally:
-        family.close()
+    load_policy_state(policy, state["policy"], source)
     return policy, config
 
 

@@ -159,13 +159,12 @@ class MAMLTrainer:
 
     def __init__(self, config: TrainConfig, sampler: Sampler | None = None) -> None:
         self.config = config
-        self.family = TaskFamily.from_config(config)
+        self.family = TaskFamily.from_config(config)  # fails early for no task family
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device=cuda was asked for but torch sees no CUDA device")
-        self.family.prototype  # noqa: B018 (fails early for an id that is not a task family)
         check_memory(config, self.family, self.device)  # a run too big: one line, not OOM
         torch.manual_seed(config.seed)
         self.policy = make_policy(

@@ -165,7 +165,7 @@ def write_videos(
 
     if report.env_id.startswith("MAML/Navigation2D"):
         return [], "video: skipped, 2D navigation has no MuJoCo scene (see trajectories.png)"
-    if "rgb_array" not in family.prototype.metadata.get("render_modes", []):
+    if "rgb_array" not in family.render_modes:
         return [], f"video: skipped, {report.env_id} renders no frames (no rgb_array render mode)"
     if result.policy is None or not result.params:
         return [], f"video: skipped, {result.label} has no adapted parameters to replay"

@@ -148,7 +148,9 @@ def test_the_configured_horizon_wins_over_the_registrations(example, configured)
 
 
 def test_a_users_module_is_found_in_the_current_folder(tmp_path, monkeypatch):
-    """The ``maml-rl`` console script does not put the current folder on sys.path."""
+    """The ``maml-rl`` console script does not put the current folder on sys.path: the
+    command line appends it, the library leaves sys.path alone."""
+    from maml_rl.cli import add_current_folder_to_path
     from maml_rl.family import resolve_env_id
 
     package = tmp_path / "userfam_pkg"
@@ -158,6 +160,11 @@ def test_a_users_module_is_found_in_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     try:
+        with pytest.raises(ValueError, match="cannot import"):  # the library edits no sys.path
+            resolve_env_id("userfam_pkg.line:MyFamilies/Line-v0")
+        assert str(tmp_path) not in sys.path
+        add_current_folder_to_path()  # what the maml-rl command does first
+        assert sys.path[-1] == str(tmp_path)
         assert resolve_env_id("userfam_pkg.line:MyFamilies/Line-v0") == "MyFamilies/Line-v0"
     finally:
         gym.registry.pop("MyFamilies/Line-v0", None)
@@ -235,3 +242,27 @@ def test_tutorial_commands_work_from_a_fresh_folder_after_a_non_editable_install
     )
     (run,) = (work / "runs").iterdir()
     assert (run / "checkpoint.pt").is_file()
+
+
+def test_a_resolved_family_holds_no_env_and_draws_tasks_without_one(monkeypatch):
+    """A TaskFamily is described from one env when it is made; drawing tasks from a
+    TaskSpace family, its spaces and its render modes then build no env at all."""
+    import copy
+    import pickle
+
+    from maml_rl.family import TaskFamily
+
+    family = TaskFamily.make("MAML/HalfCheetahVel-rllab-v0")
+    built = []
+    real_make = gym.make
+    monkeypatch.setattr(gym, "make", lambda *a, **k: built.append(a) or real_make(*a, **k))
+    tasks = family.training_tasks(seed=1, iteration=3, num_tasks=4)
+    assert family.action_space.shape == (6,) and "rgb_array" in family.render_modes
+    assert built == []
+    # the same tasks as the env's own sample_tasks with the same generator
+    env = real_make("MAML/HalfCheetahVel-rllab-v0")
+    expected = env.unwrapped.sample_tasks(4, np.random.default_rng(7))
+    assert family.sample_tasks(4, np.random.default_rng(7)) == expected
+    env.close()
+    # a picklable value: a Ray worker or a deep copy gets an equal family
+    assert pickle.loads(pickle.dumps(family)) == family == copy.deepcopy(family)
