@@ -29,7 +29,7 @@ the same at the theta of sampling: the penalty keeps the pre-update sampling dis
 close, as the clip keeps the post-update ones. The coefficients are adapted after every
 meta-step when ``inner_kl_adaptive`` (:func:`adapt_kl_coefficients`, ProMP's rule).
 
-Adam's moments and eta are the learner's state, saved in checkpoints (:meth:`state_dict`).
+Adam's moments and eta are the optimiser's state, saved in checkpoints (:meth:`state_dict`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from maml_rl.adaptation import InnerStep, adapt_steps
+from maml_rl.adaptation import InnerStep
 from maml_rl.batch import LossInputs, task_mean
-from maml_rl.meta_learner import MetaLearner, OldPolicy
+from maml_rl.meta_adaptation import Adaptation
+from maml_rl.meta_learner import OldPolicy
 from maml_rl.policy import MLPPolicy, Params, PolicyOutput, detach_output
 from maml_rl.settings import MetaLearnerSettings
 
@@ -109,6 +110,16 @@ class ClippedResult:
     reason: str  # "accepted", "non-finite-loss", "non-finite-gradient"
     seconds: dict[str, float] = field(default_factory=dict)  # adam / statistics
 
+    def log_items(self) -> dict[str, float]:
+        """The clipped step's own ``train/`` numbers (:class:`~maml_rl.meta_optimizers.StepResult`):
+        ``clip_fraction``, ``inner_kl``, ``inner_kl_coef`` and ``outer_steps``."""
+        return {
+            "clip_fraction": self.clip_fraction,
+            "inner_kl": self.inner_kl,
+            "inner_kl_coef": self.inner_kl_coef,
+            "outer_steps": self.outer_steps,
+        }
+
 
 class _Evaluation(NamedTuple):
     surrogate: Tensor
@@ -119,23 +130,31 @@ class _Evaluation(NamedTuple):
     old_inner: list[PolicyOutput]
 
 
-class ClippedMetaLearner(MetaLearner):
-    """MAML-PPO and ProMP meta-updates of the policy (theta) with Adam
-    (``settings.algorithm``); adaptation is :class:`~maml_rl.meta_learner.MetaLearner`'s.
+class ClippedAdam:
+    """MAML-PPO and ProMP meta-updates of the policy (theta) with Adam, a
+    :class:`~maml_rl.meta_optimizers.MetaOptimizer` (``algorithm: maml-ppo | promp``).
 
     Args:
-        policy: the policy, theta its parameters (updated in place).
-        settings: the inner loop's and :class:`~maml_rl.settings.ClippedSettings`' keys.
+        adaptation: the inner loop (theta'_i from theta; first order or not); theta is its
+            policy's parameters (updated in place).
+        settings: :class:`~maml_rl.settings.ClippedSettings`' keys (``outer_lr``,
+            ``outer_steps``, ``clip_eps``, the ``inner_kl_*`` ones).
         num_inner_steps: S, the inner steps of every meta-batch (one eta per step).
+        penalised: add ProMP's KL penalty on the inner steps and adapt the inner batches with
+            the LVC ratio to their sampling policy (promp); False: MAML-PPO.
     """
 
     def __init__(
-        self, policy: MLPPolicy, settings: MetaLearnerSettings, num_inner_steps: int
+        self,
+        adaptation: Adaptation,
+        settings: MetaLearnerSettings,
+        num_inner_steps: int,
+        penalised: bool = False,
     ) -> None:
-        if settings.algorithm not in ("maml-ppo", "promp"):
-            raise ValueError(f"ClippedMetaLearner runs maml-ppo or promp, not {settings.algorithm}")
-        super().__init__(policy, settings)
-        self.penalised = settings.algorithm == "promp"
+        self.adaptation = adaptation
+        self.policy = policy = adaptation.policy
+        self.settings = settings
+        self.penalised = penalised
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=settings.outer_lr)
         self.eta = torch.full(
             (num_inner_steps,), float(settings.inner_kl_coef), dtype=torch.float64
@@ -153,15 +172,13 @@ class ClippedMetaLearner(MetaLearner):
 
         ``old`` = (pi_old' on ``post_update``, pi_old_j on each inner batch), detached; None
         takes the current policies (ratio 1, KLs 0) and returns them in the result's ``old``.
+        ``create_graph``: theta' differentiable in theta (through the inner gradients unless the
+        adaptation is first order, :meth:`~maml_rl.meta_adaptation.Adaptation.create_graph`).
         """
         s = self.settings
-        adapted, steps = adapt_steps(
-            self.policy,
-            self.policy.params(),
+        adapted, steps = self.adaptation.adapt_steps(
             inner_data,
-            self.inner_step_sizes(len(inner_data)),
-            s.inner_objective,
-            create_graph=create_graph,
+            differentiable=create_graph,
             gradient=self._lvc_gradient(old, create_graph) if self.penalised else None,
         )
         output = self.policy(post_update.observations, adapted)
@@ -182,7 +199,9 @@ class ClippedMetaLearner(MetaLearner):
         self, old: tuple[OldPolicy, list[PolicyOutput]] | None, create_graph: bool
     ) -> Callable[[InnerStep], Params]:
         """promp's inner gradients: of L^LVC_ij, the ratio taken to the sampling policy of
-        inner batch j (``old``; None: the current one, the ratio is then 1)."""
+        inner batch j (``old``; None: the current one, the ratio is then 1); differentiable
+        when ``create_graph`` and the adaptation is second order."""
+        create_graph = self.adaptation.create_graph(create_graph)
         taken = 0
 
         def gradient(step: InnerStep) -> Params:
@@ -217,8 +236,8 @@ class ClippedMetaLearner(MetaLearner):
     ) -> ClippedResult:
         """``outer_steps`` Adam steps on L^CLIP (+ the promp penalty) with these batches, theta
         updated in place; then eta adapted (promp, ``inner_kl_adaptive``). A non-finite loss or
-        gradient leaves theta, Adam's moments and eta as they were. ``generator`` is unused
-        (the TRPO step's interface)."""
+        gradient leaves theta, Adam's moments and eta as they were. The steps draw nothing at
+        random: ``generator`` (:class:`~maml_rl.meta_optimizers.MetaOptimizer`'s) is unused."""
         s = self.settings
         start = time.perf_counter()
         params = list(self.policy.parameters())
@@ -238,7 +257,7 @@ class ClippedMetaLearner(MetaLearner):
         old: tuple[OldPolicy, list[PolicyOutput]] | None = None
         loss_before = math.nan
         for _ in range(s.outer_steps):
-            ev = self.evaluate(inner_data, post_update, old, create_graph=not s.first_order)
+            ev = self.evaluate(inner_data, post_update, old, create_graph=True)
             if old is None:
                 old = (ev.old, ev.old_inner)
                 loss_before = float(ev.surrogate.detach())
@@ -304,7 +323,7 @@ class ClippedMetaLearner(MetaLearner):
 
 
 __all__: Sequence[str] = [
-    "ClippedMetaLearner",
+    "ClippedAdam",
     "ClippedResult",
     "adapt_kl_coefficients",
     "clip_fraction",

@@ -37,6 +37,7 @@ from maml_rl.files import (
     remove_stale_output_temporaries,
 )
 from maml_rl.inner_loop import fine_tune, step_sizes
+from maml_rl.meta_optimizers import meta_optimizer_spec
 from maml_rl.policy import MLPPolicy, Params
 from maml_rl.report import (
     RESULT_FILES,
@@ -187,12 +188,13 @@ def maml_variant_label(config: TrainConfig) -> str:
     """A meta-trained run's default legend name from its settings: ``MAML`` for the paper's
     MAML-TRPO, else the variant (``ProMP``, ``MAML-PPO``, ``first-order MAML``, ``MAML + DiCE``,
     ``Meta-SGD``, combined as set)."""
-    name = {"promp": "ProMP", "maml-ppo": "MAML-PPO"}.get(config.algorithm, "MAML")
+    spec = meta_optimizer_spec(config.algorithm)
+    name = spec.label
     if config.first_order:
         name = f"first-order {name}"
     if config.inner_objective == "dice":
         name = f"{name} + DiCE"
-    elif config.inner_objective == "lvc" and config.algorithm != "promp":
+    elif config.inner_objective == "lvc" and spec.inner_objective != "lvc":
         name = f"{name} + LVC"
     if config.meta_sgd:
         name = f"Meta-SGD ({name})" if name != "MAML" else "Meta-SGD"

@@ -6,7 +6,8 @@ batches D'_i sampled with the adapted policies pi_theta'_i, minimise the surroga
     L(theta) = -1/M sum_i mean_{valid t,k in D'_i} [ pi_theta'_i(a|s) / pi_old'_i(a|s) * A'_i ]
 
 subject to 1/M sum_i mean KL(pi_old'_i || pi_theta'_i) <= delta, where theta'_i is recomputed
-from theta through the inner loop (second order unless ``first_order``) and pi_old' is the
+from theta through the inner loop (:class:`~maml_rl.meta_adaptation.Adaptation`, second order
+unless ``first_order``) and pi_old' is the
 adapted policy at the current theta. The surrogate's gradient and the KL's curvature come from
 :mod:`maml_rl.fisher` (hand-written passes, ``hvp="gauss_newton"``) or from autograd through
 the second-order adaptation (``hvp="exact"``, the reference); :func:`maml_rl.trpo.trpo_step`
@@ -24,11 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from maml_rl.adaptation import InnerStep, adapt, adapt_steps
+from maml_rl.adaptation import InnerStep
 from maml_rl.batch import LossInputs, task_mean
 from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, subsample
-from maml_rl.meta_sgd import learned_step_sizes, step_sizes_for
-from maml_rl.policy import MLPPolicy, Params, PolicyOutput, detach_output
+from maml_rl.meta_adaptation import Adaptation
+from maml_rl.meta_sgd import learned_step_sizes
+from maml_rl.policy import Params, PolicyOutput, detach_output
 from maml_rl.settings import HVP_METHODS, MetaLearnerSettings
 from maml_rl.trpo import TRPOResult, flatten, hessian_vector_product, trpo_step
 
@@ -36,41 +38,33 @@ OldPolicy = tuple[PolicyOutput, Tensor]
 """pi_old' on the post-update batch: its forward output and log-probabilities (detached)."""
 
 
-class MetaLearner:
-    """Holds the policy (theta) and performs adaptation and TRPO meta-updates
-    (``algorithm=maml-trpo``)."""
+class TRPO:
+    """The MAML-TRPO meta-step (``algorithm: maml-trpo``), a
+    :class:`~maml_rl.meta_optimizers.MetaOptimizer`.
 
-    def __init__(self, policy: MLPPolicy, settings: MetaLearnerSettings) -> None:
-        self.policy = policy
+    Args:
+        adaptation: the inner loop (theta'_i from theta; first order or not).
+        settings: the TRPO keys of :class:`~maml_rl.settings.MetaLearnerSettings` (``max_kl``,
+            ``cg_iters``, ``cg_damping``, ``cg_subsample``, ``hvp``, the line search's).
+        num_inner_steps: the registry's common constructor argument; TRPO keeps no state per
+            inner step.
+    """
+
+    def __init__(
+        self, adaptation: Adaptation, settings: MetaLearnerSettings, num_inner_steps: int = 1
+    ) -> None:
+        if settings.hvp not in HVP_METHODS:
+            raise ValueError(f"unknown hvp method {settings.hvp!r}; choose one of {HVP_METHODS}")
+        self.adaptation = adaptation
+        self.policy = adaptation.policy
         self.settings = settings
 
     def state_dict(self) -> dict[str, Any]:
-        """The meta-step's own state for checkpoints: none (TRPO keeps nothing between steps;
-        :class:`~maml_rl.clipped_meta.ClippedMetaLearner` keeps Adam's moments and eta)."""
+        """The meta-step's own state for checkpoints: none (TRPO keeps nothing between steps)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s state."""
-
-    def adapt(
-        self, inner_data: Sequence[LossInputs], create_graph: bool = False
-    ) -> dict[str, Tensor]:
-        """theta'_i for every task after one inner step per batch in ``inner_data``."""
-        s = self.settings
-        return adapt(
-            self.policy,
-            self.policy.params(),
-            inner_data,
-            self.inner_step_sizes(len(inner_data)),
-            s.inner_objective,
-            create_graph=create_graph and not s.first_order,
-        )
-
-    def inner_step_sizes(self, num_steps: int) -> list[float | Params]:
-        """The step size of each of ``num_steps`` inner steps: ``inner_lr``, or Meta-SGD's
-        learned per-parameter step sizes (differentiable in rho, :mod:`maml_rl.meta_sgd`)."""
-        lr = self.settings.inner_lr
-        return step_sizes_for(self.policy, [lr] * num_steps, lr)
+        """Restore :meth:`state_dict`'s state (nothing)."""
 
     def surrogate_and_kl(
         self,
@@ -86,7 +80,9 @@ class MetaLearner:
         current adapted policy as pi_old' (ratio 1, KL 0). ``adapted`` may pass theta'
         computed already. Returns (loss, kl, old).
         """
-        params = adapted if adapted is not None else self.adapt(inner_data, create_graph)
+        if adapted is None:
+            adapted = self.adaptation.adapt(inner_data, differentiable=create_graph)
+        params = adapted
         output = self.policy(post_update.observations, params)
         logp = self.policy.log_prob(post_update.actions, output)
         if old is None:
@@ -109,8 +105,6 @@ class MetaLearner:
         the step is taken in (theta, rho), the parameters' order in ``policy.parameters()``.
         """
         s = self.settings
-        if s.hvp not in HVP_METHODS:
-            raise ValueError(f"unknown hvp method {s.hvp!r}; choose one of {HVP_METHODS}")
         start = time.perf_counter()
         params = list(self.policy.parameters())
         if s.hvp == "exact":
@@ -145,21 +139,13 @@ class MetaLearner:
     ) -> tuple[Params, list[InnerStep]]:
         """theta'_i with the inner gradients computed by hand (no autograd graph); ``keep``
         collects each step's :class:`~maml_rl.fisher.InnerLossCurvature` for reuse."""
-        s = self.settings
 
         def gradient(step: InnerStep) -> Params:
             keep.append(InnerLossCurvature(self.policy, step))
             return keep[-1].gradient()
 
         with torch.no_grad():
-            return adapt_steps(
-                self.policy,
-                self.policy.params(),
-                inner_data,
-                self.inner_step_sizes(len(inner_data)),
-                s.inner_objective,
-                gradient=gradient,
-            )
+            return self.adaptation.adapt_steps(inner_data, differentiable=False, gradient=gradient)
 
     def gradient_and_fvp(
         self,
@@ -183,10 +169,11 @@ class MetaLearner:
         adapted, steps = self._adapt_by_hand(inner_data, inner)
         with torch.no_grad():
             loss, _, old = self.surrogate_and_kl(inner_data, post_update, None, False, adapted)
+        first_order = not self.adaptation.second_order
         curvature = AdaptationCurvature(
-            self.policy, theta, adapted, steps, post_update, inner=inner, first_order=s.first_order
+            self.policy, theta, adapted, steps, post_update, inner=inner, first_order=first_order
         )
-        if s.first_order and learned is None:
+        if first_order and learned is None:
             steps = []
         gradient_theta = curvature.surrogate_gradient(post_update.advantages)
         if s.cg_subsample < 1.0:
@@ -197,6 +184,6 @@ class MetaLearner:
                 for step in steps
             ]
             curvature = AdaptationCurvature(
-                self.policy, theta, adapted, steps, post_update_sample, first_order=s.first_order
+                self.policy, theta, adapted, steps, post_update_sample, first_order=first_order
             )
         return loss, gradient_theta, lambda v: curvature.fisher_vector_product(v, s.cg_damping), old

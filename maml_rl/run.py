@@ -45,7 +45,6 @@ from maml_rl.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from maml_rl.clipped_meta import ClippedResult
 from maml_rl.config import TrainConfig, from_dict
 from maml_rl.errors import ConfigError
 from maml_rl.family import TaskFamily
@@ -221,7 +220,7 @@ class BusyMachineHint(TrainingCallback):
 
 def log_iteration(logger: Any, trainer: MAMLTrainer, it: IterationResult) -> None:
     """Record and dump one iteration's numbers (``rollout/``, ``train/``, ``time/`` keys)."""
-    r = it.trpo
+    r = it.meta_step
     logger.record(ITERATION_KEY, trainer.iteration)
     logger.record("rollout/pre_return_mean", float(it.pre_returns.mean()))
     logger.record("rollout/pre_return_std", float(it.pre_returns.std()))
@@ -234,15 +233,8 @@ def log_iteration(logger: Any, trainer: MAMLTrainer, it: IterationResult) -> Non
     logger.record("train/surrogate_before", r.loss_before)
     logger.record("train/surrogate_after", r.loss_after)
     logger.record("train/kl", r.kl)
-    if isinstance(r, ClippedResult):  # maml-ppo, promp
-        logger.record("train/clip_fraction", r.clip_fraction)
-        logger.record("train/inner_kl", r.inner_kl)
-        logger.record("train/inner_kl_coef", r.inner_kl_coef)
-        logger.record("train/outer_steps", r.outer_steps)
-    else:
-        logger.record("train/step_fraction", r.step_fraction)
-        logger.record("train/line_search_steps", r.line_search_steps)
-        logger.record("train/cg_residual", r.cg_residual)
+    for name, value in r.log_items().items():  # the meta-optimiser's own numbers
+        logger.record(f"train/{name}", value)
     learned = learned_step_sizes(trainer.policy)
     if learned is not None:  # Meta-SGD
         for name, value in learned.summary().items():

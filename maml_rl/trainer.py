@@ -1,8 +1,8 @@
 """One MAML meta-iteration (Finn et al. 2017, Algorithm 3): sample tasks, adapt on K
-rollouts each, sample post-update rollouts, meta-update (TRPO, or the clipped meta-steps of
-MAML-PPO and ProMP, :mod:`maml_rl.clipped_meta`, as ``algorithm`` says).
+rollouts each, sample post-update rollouts, meta-update with the outer optimiser ``algorithm``
+names (:mod:`maml_rl.meta_optimizers`: TRPO, or the clipped meta-steps of MAML-PPO and ProMP).
 
-:class:`MAMLTrainer` owns the policy (theta), the sampler and the meta-learner of a run and
+:class:`MAMLTrainer` owns the policy (theta), the sampler and the meta-optimiser of a run and
 performs iterations (:meth:`MAMLTrainer.advance`), built from the config by :func:`make_policy`
 and :func:`make_sampler`; starting, resuming, logging and
 checkpointing a run around it is :mod:`maml_rl.run`.
@@ -22,11 +22,10 @@ import torch
 
 from maml_rl.batch import EpisodeBatch, LossInputs, episode_success
 from maml_rl.checkpoint import check_training_state, numpy_rng_from_plain, numpy_rng_to_plain
-from maml_rl.clipped_meta import ClippedMetaLearner, ClippedResult
 from maml_rl.config import TrainConfig
 from maml_rl.family import TaskFamily
 from maml_rl.inner_loop import adapt_on_fresh_rollouts, batch_loss_inputs
-from maml_rl.meta_learner import MetaLearner
+from maml_rl.meta_optimizers import MetaOptimizer, StepResult, make_meta_optimizer
 from maml_rl.meta_sgd import learn_step_sizes
 from maml_rl.policy import (
     CategoricalMLPPolicy,
@@ -44,7 +43,6 @@ from maml_rl.settings import (
     PolicySettings,
     SamplerSettings,
 )
-from maml_rl.trpo import TRPOResult
 
 
 def make_policy(
@@ -113,8 +111,9 @@ class IterationResult:
 
     pre_returns: np.ndarray  # [M, K] returns before adaptation
     post_returns: np.ndarray  # [M, K] returns after the inner steps
-    trpo: TRPOResult | ClippedResult
-    """The meta-step's result (``ClippedResult`` for maml-ppo and promp)."""
+    meta_step: StepResult
+    """The meta-optimiser's result (its :meth:`~maml_rl.meta_optimizers.StepResult.log_items`
+    say what it logs)."""
     env_steps: int
     timings: dict[str, float]
     """Seconds per phase: sampling, advantages, adaptation, meta_step."""
@@ -150,7 +149,7 @@ class Timer:
 
 
 class MAMLTrainer:
-    """Owns the policy, sampler and meta-learner of one run.
+    """Owns the policy, sampler and meta-optimiser of one run.
 
     Args:
         config: a validated :class:`TrainConfig`.
@@ -173,11 +172,8 @@ class MAMLTrainer:
         if sampler is None:
             sampler = make_sampler(self.family, self.policy, config.part(SamplerSettings))
         self.sampler = sampler
-        settings = config.part(MetaLearnerSettings)
-        self.learner = (
-            MetaLearner(self.policy, settings)
-            if settings.algorithm == "maml-trpo"
-            else ClippedMetaLearner(self.policy, settings, config.num_inner_steps)
+        self.meta_optimizer: MetaOptimizer = make_meta_optimizer(
+            self.policy, config.part(MetaLearnerSettings), config.num_inner_steps
         )
         self.advantages = config.part(AdvantageSettings)
         self.iteration = 0  # completed meta-iterations
@@ -195,7 +191,7 @@ class MAMLTrainer:
 
     def _adapt(self, j: int, params: Params, inner_data: list[LossInputs]) -> Params:
         """theta'_i after inner steps 0..j, re-adapted from theta through every inner batch."""
-        return {k: v.detach() for k, v in self.learner.adapt(inner_data).items()}
+        return {k: v.detach() for k, v in self.meta_optimizer.adaptation.adapt(inner_data).items()}
 
     def run_iteration(self, iteration: int) -> IterationResult:
         """Sample, adapt and meta-update once; returns the iteration's numbers."""
@@ -218,7 +214,7 @@ class MAMLTrainer:
             post_update_data = self._to_loss_inputs(post_update, iteration, "post-update")
         with timer("meta_step"):
             generator = torch.Generator().manual_seed(derive_seed(c.seed, iteration, FISHER))
-            result = self.learner.step(inner.inputs, post_update_data, generator)
+            result = self.meta_optimizer.step(inner.inputs, post_update_data, generator)
         # with no inner step the policy itself was sampled: pre- and post-update coincide
         pre_returns = inner.batches[0].episode_returns.numpy()
         post_returns = post_update.episode_returns.numpy()
@@ -238,13 +234,13 @@ class MAMLTrainer:
         """Run the next iteration and count it; an iteration that fails leaves theta (and the
         meta-optimiser's state) as it was."""
         snapshot = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
-        learner_snapshot = self.learner.state_dict()
+        optimizer_snapshot = self.meta_optimizer.state_dict()
         start = time.perf_counter()
         try:
             result = self.run_iteration(self.iteration)
         except BaseException:
             self.policy.load_state_dict(snapshot)  # drop the half-done iteration
-            self.learner.load_state_dict(learner_snapshot)
+            self.meta_optimizer.load_state_dict(optimizer_snapshot)
             raise
         self.iteration += 1
         self.env_steps += result.env_steps
@@ -262,23 +258,23 @@ class MAMLTrainer:
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": numpy_rng_to_plain(np.random.get_state()),
         }
-        learner_state = self.learner.state_dict()
-        if learner_state:  # the clipped meta-steps' Adam moments and eta (none for TRPO)
-            state["meta_optimizer"] = learner_state
+        optimizer_state = self.meta_optimizer.state_dict()
+        if optimizer_state:  # e.g. the clipped meta-steps' Adam moments and eta (none for TRPO)
+            state["meta_optimizer"] = optimizer_state
         return state
 
     def load_state_dict(self, state: dict[str, Any], source: Any = "the checkpoint") -> None:
         """Restore :meth:`state_dict`'s state; first checks all of it against this trainer's
         policy and meta-step (:func:`~maml_rl.checkpoint.check_training_state`), raising
         :class:`~maml_rl.errors.CheckpointError` naming ``source`` before anything changes."""
-        check_training_state(state, self.policy, source, bool(self.learner.state_dict()))
+        check_training_state(state, self.policy, source, bool(self.meta_optimizer.state_dict()))
         self.policy.load_state_dict(state["policy"])
         self.iteration = int(state["iteration"])
         self.env_steps = int(state["env_steps"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(numpy_rng_from_plain(state["numpy_rng"]))
         if "meta_optimizer" in state:
-            self.learner.load_state_dict(state["meta_optimizer"])
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
     def close(self) -> None:
         self.sampler.close()

@@ -83,6 +83,15 @@ class TRPOResult:
     reason: str  # "accepted", "no-improvement", "non-finite-gradient", ...
     seconds: dict[str, float] = field(default_factory=dict)  # gradient / cg / line_search
 
+    def log_items(self) -> dict[str, float]:
+        """The TRPO step's own ``train/`` numbers (:class:`~maml_rl.meta_optimizers.StepResult`):
+        ``step_fraction``, ``line_search_steps`` and ``cg_residual``."""
+        return {
+            "step_fraction": self.step_fraction,
+            "line_search_steps": self.line_search_steps,
+            "cg_residual": self.cg_residual,
+        }
+
 
 def trpo_step(
     params: Sequence[Tensor],

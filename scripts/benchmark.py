@@ -191,7 +191,8 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
         "iteration_s": med(w for w, _ in rows),
         **{f"{p}_s": med(r.timings.get(p, 0.0) for _, r in rows) for p in PHASES},
         **{
-            f"meta_step_{p}_s": med(r.trpo.seconds.get(p, 0.0) for _, r in rows) for p in META_PARTS
+            f"meta_step_{p}_s": med(r.meta_step.seconds.get(p, 0.0) for _, r in rows)
+            for p in META_PARTS
         },
         "env_steps_per_iteration": med(r.env_steps for _, r in rows),
         "sampler_steps_per_s": sampling_rate,

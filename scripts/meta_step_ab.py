@@ -37,14 +37,14 @@ config = load_config(preset, [
     *sys.argv[5:],
 ])
 trainer = MAMLTrainer(config)
-learner = trainer.learner
+learner = trainer.meta_optimizer
 tasks = trainer.sample_tasks(10**6)  # a meta-batch no training iteration uses
 params = learner.policy.params()
 inner = []
 for j in range(config.num_inner_steps):
     batch = trainer.sampler.sample(tasks, params, config.episodes_per_task, 10**6 + j)
     inner.append(trainer._to_loss_inputs(batch, 0, "meta-step A/B"))
-    params = {k: v.detach() for k, v in learner.adapt(inner).items()}
+    params = {k: v.detach() for k, v in learner.adaptation.adapt(inner).items()}
 batch = trainer.sampler.sample(tasks, params, config.episodes_per_task, 2 * 10**6)
 valid = trainer._to_loss_inputs(batch, 0, "meta-step A/B")
 theta = [p.detach().clone() for p in learner.policy.parameters()]

@@ -5,7 +5,7 @@ meta-step's three kinds of work with torch's ``FlopCounterMode`` (matrix product
 ``bmm``, ``addmm``, ``baddbmm``; element-wise work is not counted, so the ratios below are upper
 bounds on how much of the time is arithmetic):
 
-* **gradient**: :meth:`~maml_rl.meta_learner.MetaLearner.gradient_and_fvp`: adapt
+* **gradient**: :meth:`~maml_rl.meta_learner.TRPO.gradient_and_fvp`: adapt
   theta -> theta'_i, the surrogate at theta', the curvature's tapes
   (:class:`maml_rl.fisher.AdaptationCurvature`) and the meta-gradient with respect to theta;
 * **curvature product**: one Fisher-vector product through the adaptation
@@ -97,7 +97,7 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
     """GFLOP, seconds, achieved GFLOP/s and achieved / attainable for the gradient, one
     curvature product and one line-search evaluation at ``trainer``'s preset sizes."""
     c = trainer.config
-    learner = trainer.learner
+    learner = trainer.meta_optimizer
     tasks = trainer.sample_tasks(10**6)  # a meta-batch no training iteration uses
     rollouts = adapt_on_fresh_rollouts(
         trainer.sampler,

@@ -14,13 +14,13 @@ from maml_rl.adaptation import adapt
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.cli import main
 from maml_rl.clipped_meta import (
-    ClippedMetaLearner,
     adapt_kl_coefficients,
     clip_fraction,
     clipped_surrogate,
 )
 from maml_rl.config import ConfigError, load_config
-from maml_rl.meta_learner import MetaLearner
+from maml_rl.meta_learner import TRPO
+from maml_rl.meta_optimizers import make_meta_optimizer
 from maml_rl.policy import GaussianMLPPolicy, replicate
 from maml_rl.run import resume, train
 from maml_rl.settings import MetaLearnerSettings
@@ -77,7 +77,7 @@ def _learner(algorithm="promp", inner_steps=2, **settings):
     valid = random_loss_inputs(4, 6, 3, 2, seed=100)
     values = dict(inner_lr=0.3, algorithm=algorithm, inner_objective="lvc", outer_lr=1e-3)
     values.update(settings)
-    learner = ClippedMetaLearner(policy, MetaLearnerSettings(**values), inner_steps)
+    learner = make_meta_optimizer(policy, MetaLearnerSettings(**values), inner_steps)
     return policy, learner, inner, valid
 
 
@@ -94,7 +94,7 @@ def test_at_the_sampling_theta_the_clipped_gradient_is_the_trpo_surrogates(algor
     if algorithm == "promp":
         penalty = torch.autograd.grad(learner.penalty(ev.inner_kls), params)
         assert max(float(g.abs().max()) for g in penalty) < 1e-14
-    trpo = MetaLearner(policy, learner.settings)
+    trpo = TRPO(learner.adaptation, learner.settings)
     loss, _, _ = trpo.surrogate_and_kl(inner, valid)
     for a, b in zip(clipped, torch.autograd.grad(loss, params)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

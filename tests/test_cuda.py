@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 
-from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
+from maml_rl.meta_optimizers import make_meta_optimizer
 from maml_rl.policy import GaussianMLPPolicy
+from maml_rl.settings import MetaLearnerSettings
 from tests.conftest import random_loss_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -20,8 +21,10 @@ def test_meta_step_on_cuda_equals_cpu(hvp):
     valid = random_loss_inputs(4, 30, 3, 2, seed=2)
     cpu, gpu = policy, copy.deepcopy(policy).cuda()
     settings = MetaLearnerSettings(inner_lr=0.3, hvp=hvp)
-    res_cpu = MetaLearner(cpu, settings).step(inner, valid)
-    res_gpu = MetaLearner(gpu, settings).step([d.to("cuda") for d in inner], valid.to("cuda"))
+    res_cpu = make_meta_optimizer(cpu, settings, 1).step(inner, valid)
+    res_gpu = make_meta_optimizer(gpu, settings, 1).step(
+        [d.to("cuda") for d in inner], valid.to("cuda")
+    )
     assert res_cpu.accepted and res_gpu.accepted
     assert res_gpu.step_fraction == res_cpu.step_fraction
     for a, b in zip(cpu.parameters(), gpu.parameters()):

@@ -6,8 +6,9 @@ import torch
 from maml_rl.adaptation import InnerStep, adapt_steps, inner_loss
 from maml_rl.batch import LossInputs
 from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, task_group_size
-from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
+from maml_rl.meta_optimizers import make_meta_optimizer
 from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy, replicate
+from maml_rl.settings import MetaLearnerSettings
 from maml_rl.trpo import flatten, hessian_vector_product, unflatten_like
 from tests.conftest import random_loss_inputs, surrogate_and_kl_by_hand
 
@@ -37,7 +38,7 @@ def _curvature_problem(nonlinearity, objective, first_order, inner_steps, group_
     ]
     valid = random_loss_inputs(4, 6, 3, 2, seed=100)
     settings = MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order)
-    learner = MetaLearner(policy, settings)
+    learner = make_meta_optimizer(policy, settings, 1)
     theta = policy.params()
     adapted, steps = adapt_steps(
         policy, theta, inner, [0.3] * inner_steps, objective, create_graph=False
@@ -131,13 +132,15 @@ def test_subsampled_fisher_meta_step_stays_in_the_trust_region():
         [random_loss_inputs(4, 40, 3, 2, seed=1)],
         random_loss_inputs(4, 40, 3, 2, seed=2),
     )
-    learner = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3, cg_subsample=0.25))
-    old = tuple(x.detach() for x in policy(valid.observations, learner.adapt(inner)))
+    learner = make_meta_optimizer(policy, MetaLearnerSettings(inner_lr=0.3, cg_subsample=0.25), 1)
+    old = tuple(x.detach() for x in policy(valid.observations, learner.adaptation.adapt(inner)))
     res = learner.step(inner, valid, generator=torch.Generator().manual_seed(0))
     # the subsampled curvature only shapes the step: the reported KL, recomputed on all
     # samples, is the full-batch one, and the step is taken
     assert res.accepted
-    loss_after, kl_after = surrogate_and_kl_by_hand(policy, learner.adapt(inner), old, valid)
+    loss_after, kl_after = surrogate_and_kl_by_hand(
+        policy, learner.adaptation.adapt(inner), old, valid
+    )
     assert res.kl == pytest.approx(kl_after, rel=1e-9) and 0 < kl_after <= 0.01
     assert res.loss_after == pytest.approx(loss_after, rel=1e-9)
 
@@ -170,7 +173,7 @@ def test_float32_meta_step_matches_the_float64_reference():
     before = torch.cat([p.detach().reshape(-1) for p in policy64.parameters()])
     steps = []
     for policy, inner, valid in ((policy64, inner64, valid64), (policy32, inner32, valid32)):
-        res = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3)).step(inner, valid)
+        res = make_meta_optimizer(policy, MetaLearnerSettings(inner_lr=0.3), 1).step(inner, valid)
         assert res.accepted
         after = torch.cat([p.detach().double().reshape(-1) for p in policy.parameters()])
         steps.append(after - before)
@@ -197,7 +200,9 @@ def test_categorical_products_equal_autograd(nonlinearity, objective, inner_step
     policy = CategoricalMLPPolicy(3, 4, (6, 5), nonlinearity).double()
     inner = [_categorical_data(4, 7, 3, 4, seed=s) for s in range(inner_steps)]
     valid = _categorical_data(4, 6, 3, 4, seed=100)
-    learner = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3, inner_objective=objective))
+    learner = make_meta_optimizer(
+        policy, MetaLearnerSettings(inner_lr=0.3, inner_objective=objective), 1
+    )
     loss, kl, _ = learner.surrogate_and_kl(inner, valid)
     params = list(policy.parameters())
     expected_gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
@@ -224,7 +229,9 @@ def test_categorical_meta_step_equals_the_exact_reference():
         torch.manual_seed(0)
         policy = CategoricalMLPPolicy(3, 4, (8,), "relu").double()
         before = flatten([p.detach().clone() for p in policy.parameters()])
-        res = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3, hvp=hvp)).step(inner, valid)
+        res = make_meta_optimizer(policy, MetaLearnerSettings(inner_lr=0.3, hvp=hvp), 1).step(
+            inner, valid
+        )
         assert res.accepted
         updates.append(flatten([p.detach() for p in policy.parameters()]) - before)
     assert updates[0].norm() > 0
@@ -313,7 +320,7 @@ def test_the_old_policy_does_not_move_with_theta_without_an_inner_step():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(3, 2, (6,), "tanh").double()
     valid = random_loss_inputs(4, 6, 3, 2, seed=100)
-    learner = MetaLearner(policy, MetaLearnerSettings())
+    learner = make_meta_optimizer(policy, MetaLearnerSettings(), 1)
     _, _, old = learner.surrogate_and_kl([], valid)
     with torch.no_grad():
         policy.log_std += 0.5

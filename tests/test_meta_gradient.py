@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from maml_rl.adaptation import adapt, inner_loss
-from maml_rl.meta_learner import MetaLearner, MetaLearnerSettings
+from maml_rl.meta_optimizers import make_meta_optimizer
 from maml_rl.policy import GaussianMLPPolicy, gaussian_log_prob, replicate
+from maml_rl.settings import MetaLearnerSettings
 from tests.conftest import random_loss_inputs, surrogate_and_kl_by_hand
 
 D = torch.float64
@@ -16,9 +17,10 @@ def _problem(objective="reinforce", first_order=False, inner_steps=1):
     policy = GaussianMLPPolicy(3, 2, (5,), "tanh", init_std=0.8).double()
     inner = [random_loss_inputs(4, 7, 3, 2, seed=s) for s in range(inner_steps)]
     valid = random_loss_inputs(4, 6, 3, 2, seed=100)
-    learner = MetaLearner(
+    learner = make_meta_optimizer(
         policy,
         MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order),
+        1,
     )
     return policy, learner, inner, valid
 
@@ -133,13 +135,15 @@ def test_meta_step_reports_the_surrogate_and_kl_of_the_step_it_took():
     checks that the step taken is the one those numbers describe)."""
     policy, learner, inner, valid = _problem()
     before = [p.detach().clone() for p in policy.parameters()]
-    old_adapted = {k: v.detach() for k, v in learner.adapt(inner).items()}
+    old_adapted = {k: v.detach() for k, v in learner.adaptation.adapt(inner).items()}
     old = tuple(x.detach() for x in policy(valid.observations, old_adapted))
     loss_before, kl_before = surrogate_and_kl_by_hand(policy, old_adapted, old, valid)
     res = learner.step(inner, valid)
     assert res.accepted and 0 < res.step_fraction <= 1
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
-    loss_after, kl_after = surrogate_and_kl_by_hand(policy, learner.adapt(inner), old, valid)
+    loss_after, kl_after = surrogate_and_kl_by_hand(
+        policy, learner.adaptation.adapt(inner), old, valid
+    )
     assert kl_before == 0.0
     assert res.loss_before == pytest.approx(loss_before, rel=1e-9)
     assert res.loss_after == pytest.approx(loss_after, rel=1e-9)

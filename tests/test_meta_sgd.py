@@ -18,7 +18,7 @@ from maml_rl.cli import main
 from maml_rl.config import ConfigError, load_config
 from maml_rl.evaluation import adapt_and_evaluate, sample_test_tasks
 from maml_rl.fisher import AdaptationCurvature, subsample
-from maml_rl.meta_learner import MetaLearner
+from maml_rl.meta_optimizers import make_meta_optimizer
 from maml_rl.meta_sgd import learn_step_sizes, learned_step_sizes, step_sizes_for
 from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy, replicate
 from maml_rl.report import EvalSettings
@@ -46,7 +46,7 @@ def _problem(first_order: bool = False, inner_steps: int = 1):
         for rho in learned_step_sizes(policy).log_alpha:
             rho.add_(0.5 * torch.randn_like(rho))
     settings = MetaLearnerSettings(inner_lr=0.1, first_order=first_order)
-    learner = MetaLearner(policy, settings)
+    learner = make_meta_optimizer(policy, settings, 1)
     inner = [random_loss_inputs(3, 8, 3, 2, seed=10 + j) for j in range(inner_steps)]
     post = random_loss_inputs(3, 8, 3, 2, seed=20)
     return policy, learner, inner, post
@@ -59,7 +59,7 @@ def test_adapted_parameters_are_theta_minus_alpha_times_the_gradient_elementwise
     loss = inner_loss(policy, per_task, inner[0]).sum()
     grads = dict(zip(per_task, torch.autograd.grad(loss, list(per_task.values()))))
     alphas = {k: a.detach() for k, a in learned_step_sizes(policy).alphas().items()}
-    adapted = learner.adapt(inner)
+    adapted = learner.adaptation.adapt(inner)
     for name, value in theta.items():
         by_hand = value.detach() - alphas[name] * grads[name]  # alpha broadcasts over tasks
         assert torch.allclose(adapted[name], by_hand, rtol=0, atol=1e-14), name
@@ -130,7 +130,12 @@ def _curvature_case(policy_kind, objective, first_order, inner_steps):
         return batch
 
     settings = MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order)
-    return policy, MetaLearner(policy, settings), [data(s) for s in range(inner_steps)], data(99)
+    return (
+        policy,
+        make_meta_optimizer(policy, settings, 1),
+        [data(s) for s in range(inner_steps)],
+        data(99),
+    )
 
 
 CURVATURE_CASES = [
@@ -180,7 +185,7 @@ def test_task_groups_sum_the_rho_parts_too(group_size):
     policy, learner, inner, post = _curvature_case("gaussian", "lvc", False, 2)
     theta = policy.params()
     adapted, steps = adapt_steps(
-        policy, theta, inner, learner.inner_step_sizes(2), "lvc", create_graph=False
+        policy, theta, inner, learner.adaptation.step_sizes(2), "lvc", create_graph=False
     )
     whole = AdaptationCurvature(policy, theta, adapted, steps, post)
     grouped = AdaptationCurvature(policy, theta, adapted, steps, post, group_size=group_size)
@@ -201,7 +206,7 @@ def test_meta_step_by_hand_equals_the_exact_reference():
         policy, _, _, _ = _problem()
         inner = [random_loss_inputs(3, 40, 3, 2, seed=10 + j) for j in range(2)]
         post = random_loss_inputs(3, 40, 3, 2, seed=20)
-        learner = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.1, hvp=hvp))
+        learner = make_meta_optimizer(policy, MetaLearnerSettings(inner_lr=0.1, hvp=hvp), 1)
         before = flatten([p.detach().clone() for p in policy.parameters()])
         result = learner.step(inner, post)
         assert result.accepted and 0 < result.kl <= learner.settings.max_kl * 1.0001
@@ -326,7 +331,7 @@ def test_subsampled_curvature_in_theta_and_rho_equals_autograd_on_the_subsample(
     settings = MetaLearnerSettings(
         inner_lr=0.3, inner_objective=objective, first_order=first_order, cg_subsample=fraction
     )
-    learner = MetaLearner(policy, settings)
+    learner = make_meta_optimizer(policy, settings, 1)
     _, _, fvp, _ = learner.gradient_and_fvp(inner, post, None)
 
     generator = torch.Generator().manual_seed(0)
@@ -334,7 +339,7 @@ def test_subsampled_curvature_in_theta_and_rho_equals_autograd_on_the_subsample(
     inner_sub = subsample(inner[0], fraction, generator)
     theta = policy.params()
     alphas = learned_step_sizes(policy).alphas()
-    full = {k: v.detach() for k, v in learner.adapt(inner).items()}
+    full = {k: v.detach() for k, v in learner.adaptation.adapt(inner).items()}
 
     def adapted_on_subsample() -> dict[str, torch.Tensor]:
         per_task = replicate(theta, 4)
@@ -354,6 +359,8 @@ def test_subsampled_curvature_in_theta_and_rho_equals_autograd_on_the_subsample(
     for seed in range(2):
         v = torch.randn(size, dtype=D, generator=torch.Generator().manual_seed(seed))
         torch.testing.assert_close(fvp(v), exact(v), rtol=1e-10, atol=1e-12)
-    learner_full = MetaLearner(policy, MetaLearnerSettings(inner_lr=0.3, inner_objective=objective))
+    learner_full = make_meta_optimizer(
+        policy, MetaLearnerSettings(inner_lr=0.3, inner_objective=objective), 1
+    )
     v = torch.randn(size, dtype=D, generator=torch.Generator().manual_seed(5))
     assert not torch.allclose(learner_full.gradient_and_fvp(inner, post, None)[2](v), fvp(v))
