@@ -5,7 +5,7 @@ The loop that meta-training's inner loop, the meta-test evaluation and the Pytho
 task with the current parameters, turn them into loss inputs (advantages checked), and take one
 policy-gradient step; after the last step, sample once more with the adapted parameters. What
 a "step" is differs: training re-adapts from theta through all inner batches so far
-(:meth:`~maml_rl.meta_learner.MetaLearner.adapt`), evaluation steps from the current
+(:meth:`~maml_rl.meta_adaptation.Adaptation.adapt`), evaluation steps from the current
 parameters (:func:`gradient_step`, :func:`fine_tune`).
 """
 
