@@ -24,14 +24,13 @@ from maml_rl.batch import EpisodeBatch, LossInputs, episode_success
 from maml_rl.checkpoint import check_training_state, numpy_rng_from_plain, numpy_rng_to_plain
 from maml_rl.config import TrainConfig
 from maml_rl.family import TaskFamily
-from maml_rl.inner_loop import adapt_on_fresh_rollouts, batch_loss_inputs
+from maml_rl.inner_loop import batch_loss_inputs
 from maml_rl.meta_optimizers import MetaOptimizer, StepResult, make_meta_optimizer
 from maml_rl.meta_sgd import learn_step_sizes
 from maml_rl.policy import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
     MLPPolicy,
-    Params,
     policy_class_for,
 )
 from maml_rl.resources import check_memory
@@ -189,37 +188,42 @@ class MAMLTrainer:
         what = f"iteration {iteration + 1}, {what} batch"
         return batch_loss_inputs(batch, self.advantages, what).to(self.device)
 
-    def _adapt(self, j: int, params: Params, inner_data: list[LossInputs]) -> Params:
-        """theta'_i after inner steps 0..j, re-adapted from theta through every inner batch."""
-        return {k: v.detach() for k, v in self.meta_optimizer.adaptation.adapt(inner_data).items()}
-
     def run_iteration(self, iteration: int) -> IterationResult:
-        """Sample, adapt and meta-update once; returns the iteration's numbers."""
+        """One meta-iteration (Finn et al. 2017, Algorithm 3), top to bottom: the tasks T_i;
+        for each inner step j, sample D_ij with theta'_i after j steps, its advantages, and
+        theta'_i re-adapted from theta through D_i0..D_ij; the post-update batch D'_i with the
+        adapted theta'_i; the meta-optimiser's step on (D_ij, D'_i). Returns its numbers."""
         c = self.config
         timer = Timer()
         tasks = self.sample_tasks(iteration)
-        seeds = [derive_seed(c.seed, iteration, INNER, j) for j in range(c.num_inner_steps)]
-        inner = adapt_on_fresh_rollouts(
-            self.sampler,
-            tasks,
-            self.policy.params(),
-            c.episodes_per_task,
-            [*seeds, derive_seed(c.seed, iteration, POST_UPDATE)],
-            lambda batch, j: self._to_loss_inputs(batch, iteration, f"inner step {j + 1}"),
-            self._adapt,
-            timer,
-        )
-        post_update = inner.batches[-1]
+        adaptation = self.meta_optimizer.adaptation
+        params = self.policy.params()
+        inner_batches: list[EpisodeBatch] = []
+        inner_data: list[LossInputs] = []
+        for j in range(c.num_inner_steps):
+            seed = derive_seed(c.seed, iteration, INNER, j)
+            with timer("sampling"):
+                inner_batches.append(self.sampler.sample(tasks, params, c.episodes_per_task, seed))
+            with timer("advantages"):
+                inner_data.append(
+                    self._to_loss_inputs(inner_batches[-1], iteration, f"inner step {j + 1}")
+                )
+            with timer("adaptation"):
+                params = {k: v.detach() for k, v in adaptation.adapt(inner_data).items()}
+        with timer("sampling"):
+            seed = derive_seed(c.seed, iteration, POST_UPDATE)
+            post_update = self.sampler.sample(tasks, params, c.episodes_per_task, seed)
         with timer("advantages"):
             post_update_data = self._to_loss_inputs(post_update, iteration, "post-update")
         with timer("meta_step"):
             generator = torch.Generator().manual_seed(derive_seed(c.seed, iteration, FISHER))
-            result = self.meta_optimizer.step(inner.inputs, post_update_data, generator)
+            result = self.meta_optimizer.step(inner_data, post_update_data, generator)
+        pre_update = inner_batches[0] if inner_batches else post_update
         # with no inner step the policy itself was sampled: pre- and post-update coincide
-        pre_returns = inner.batches[0].episode_returns.numpy()
+        pre_returns = pre_update.episode_returns.numpy()
         post_returns = post_update.episode_returns.numpy()
-        steps = sum(b.num_steps for b in inner.batches)
-        pre_success, post_success = (episode_success(b) for b in (inner.batches[0], post_update))
+        steps = sum(b.num_steps for b in (*inner_batches, post_update))
+        pre_success, post_success = (episode_success(b) for b in (pre_update, post_update))
         return IterationResult(
             pre_returns,
             post_returns,
