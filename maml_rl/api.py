@@ -76,18 +76,7 @@ class AdaptedPolicy:
             output = self.policy(batch, self.params)
         if not deterministic and rng is None:
             rng = np.random.default_rng()
-        if isinstance(output, tuple):  # Gaussian: (mean, log_std)
-            mean, log_std = output
-            u = mean.reshape(-1, mean.shape[-1]).numpy()
-            if rng is not None and not deterministic:
-                std = log_std.exp().reshape(-1, mean.shape[-1]).numpy()
-                u = u + std * rng.standard_normal(u.shape).astype(np.float32)
-        else:  # categorical: logits
-            logits = output.reshape(-1, output.shape[-1]).numpy()
-            if rng is not None and not deterministic:
-                uniform = np.maximum(rng.random(logits.shape), np.finfo(np.float64).tiny)
-                logits = logits - np.log(-np.log(uniform))
-            u = logits.argmax(-1)
+        u = self.policy.distribution.sample_numpy(output, None if deterministic else rng)
         action = actions_for_env(u, self.action_space, self.config.normalize_actions)
         return action[0] if single else action
 

@@ -22,7 +22,8 @@ and an inner step contributes d theta'/d theta = I - diag(alpha) H_in and d thet
 Every product here is computed by explicit passes over activations cached once per meta-step
 (:class:`MLPTape`): J_out u is a forward-mode (R-op) pass, J_out^T z an ordinary backward pass
 and H_in v Pearlmutter's (1994) R-op of the backward pass, which keeps the second-derivative
-terms of the network (W-W cross terms; tanh''), of the log-likelihood (the distribution heads)
+terms of the network (W-W cross terms; tanh''), of the log-likelihood (the distribution's
+head: ``policy.distribution.head``, :mod:`maml_rl.distributions`)
 and of the inner objective (LVC's and DiCE's score products). This is the same arithmetic as
 reverse-over-reverse autograd (the same FLOPs) without its graph bookkeeping, extra element-wise
 passes and copies; on a CPU the tasks are processed in small groups whose intermediates stay in
@@ -42,14 +43,8 @@ from torch import Tensor
 
 from maml_rl.adaptation import InnerStep, dice_increments
 from maml_rl.batch import LossInputs
-from maml_rl.policy import (
-    CategoricalMLPPolicy,
-    GaussianMLPPolicy,
-    MLPPolicy,
-    Params,
-    is_task_batched,
-    replicate,
-)
+from maml_rl.distributions import Head
+from maml_rl.policy import MLPPolicy, Params, is_task_batched, replicate
 from maml_rl.trpo import flatten, unflatten_like
 
 _T = TypeVar("_T")
@@ -169,83 +164,6 @@ class MLPTape:
         return grads
 
 
-class GaussianHead:
-    """log N(a; mu, sigma^2) per sample in the outputs mu (the body's) and s = log sigma (the
-    ``log_std`` parameter, one per task). With e = (a - mu) / sigma:
-
-        d log pi / d mu = e / sigma,               d log pi / d s = e^2 - 1,
-        d2 / d mu2 = -1 / sigma^2,  d2 / d mu ds = -2 e / sigma,  d2 / ds2 = -2 e^2,
-
-    and the Fisher information (the KL's Hessian at p = q) is diag(1 / sigma^2, 2).
-    """
-
-    extra = "log_std"
-
-    def __init__(self, actions: Tensor, mean: Tensor, log_std: Tensor) -> None:
-        self.inv_std = torch.exp(-log_std).unsqueeze(1)  # [M, 1, A]
-        self.e = (actions - mean) * self.inv_std
-        self.score_output = self.e * self.inv_std
-        self.score_extra = self.e * self.e - 1.0
-
-    def select(self, tasks: slice) -> GaussianHead:
-        return _select(self, tasks)
-
-    def hessian(self, r_output: Tensor, r_extra: Tensor) -> tuple[Tensor, Tensor]:
-        """(d2 log pi) applied to the output directions (R(mu), R(s)), per sample."""
-        return (
-            -r_output * self.inv_std * self.inv_std - 2.0 * self.score_output * r_extra,
-            -2.0 * self.score_output * r_output - 2.0 * self.e * self.e * r_extra,
-        )
-
-    def fisher(self, d_output: Tensor, d_extra: Tensor) -> tuple[Tensor, Tensor]:
-        """The Fisher information applied to output directions, per sample."""
-        return d_output * self.inv_std * self.inv_std, 2.0 * d_extra.expand_as(d_output)
-
-
-class CategoricalHead:
-    """log softmax(z)_a per sample in the logits z, with p = softmax(z):
-
-        d log pi / dz = onehot(a) - p,      d2 log pi / dz2 = -(diag(p) - p p^T),
-
-    which is also the Fisher information's negative (it does not depend on a).
-    """
-
-    extra = None
-
-    def __init__(self, actions: Tensor, logits: Tensor) -> None:
-        self.p = torch.softmax(logits, dim=-1)
-        onehot = torch.nn.functional.one_hot(actions.long(), logits.shape[-1])
-        self.score_output = onehot.to(logits.dtype) - self.p
-        self.score_extra = None
-
-    def select(self, tasks: slice) -> CategoricalHead:
-        return _select(self, tasks)
-
-    def fisher(self, d_output: Tensor, d_extra: None = None) -> tuple[Tensor, None]:
-        """(diag(p) - p p^T) d, per sample."""
-        p = self.p
-        return p * d_output - p * (p * d_output).sum(-1, keepdim=True), None
-
-    def hessian(self, r_output: Tensor, r_extra: None = None) -> tuple[Tensor, None]:
-        """(d2 log pi) applied to the logit direction, per sample."""
-        return -self.fisher(r_output)[0], None
-
-
-Head = GaussianHead | CategoricalHead
-
-
-def make_head(policy: MLPPolicy, params: Params, actions: Tensor, output: Tensor) -> Head:
-    """The distribution head of ``policy`` for task-batched ``params`` at the body's output."""
-    if isinstance(policy, GaussianMLPPolicy):
-        return GaussianHead(actions, output, params["log_std"].detach())
-    if isinstance(policy, CategoricalMLPPolicy):
-        return CategoricalHead(actions, output)
-    raise TypeError(
-        f"hand-written curvature products need a GaussianMLPPolicy or CategoricalMLPPolicy, "
-        f"got {type(policy).__name__}; use hvp='exact'"
-    )
-
-
 def _extra_direction(head: Head, v: Params) -> Tensor | None:
     """The direction of the head's per-task parameter, broadcast over samples: ``[M, 1, A]``."""
     return v[head.extra].unsqueeze(1) if head.extra else None
@@ -258,7 +176,7 @@ class InnerLossCurvature:
     c_n = A_n m_n / sum(m) and w_n = log pi(a_n|s_n) ("reinforce") or its LVC form, whose
     Hessian adds -sum_n c_n g_n g_n^T (g_n = grad log pi_n). The output part,
     R(dL/dz_L) = -c d2 log pi [R(z_L), R(s)] (and -sum_n of it for the head's per-task
-    parameter s), comes from the head (:class:`GaussianHead`, :class:`CategoricalHead`); the
+    parameter s), comes from the distribution's head (:mod:`maml_rl.distributions`); the
     network part is the R-op of the backward pass (Pearlmutter 1994):
 
         R(delta_l) = phi'(z_l) (R(delta_{l+1}) W_{l+1} + delta_{l+1} R(W_{l+1}))
@@ -275,7 +193,7 @@ class InnerLossCurvature:
         self.lvc = step.objective == "lvc"
         self.dice = step.objective == "dice"
         with torch.no_grad():
-            self.head = make_head(policy, params, data.actions, self.tape.output)
+            self.head = policy.distribution.head(data.actions, self.tape.output, params)
             count = data.mask.sum(-1, keepdim=True).clamp_min(1.0)
             self.c = (data.advantages * data.mask / count).unsqueeze(-1)  # [M, N, 1]
             if self.dice:
@@ -490,7 +408,7 @@ class AdaptationCurvature:
         lrs = [{k: a.detach() for k, a in lr.items()} if isinstance(lr, dict) else lr for lr in lrs]
         tape = MLPTape(policy, adapted, post_update.observations)
         with torch.no_grad():
-            head = make_head(policy, adapted, post_update.actions, tape.output)
+            head = policy.distribution.head(post_update.actions, tape.output, adapted)
             weight = (
                 post_update.mask
                 / (post_update.mask.sum(-1, keepdim=True).clamp_min(1.0) * num_tasks)

@@ -4,8 +4,10 @@ The policy of Finn et al. (2017, section 5.3) for ``Box`` actions: an MLP (defau
 ReLU) maps an observation to the mean of a diagonal Gaussian whose log standard deviation is a
 state-independent parameter (initial std 1). For ``Discrete`` actions (the bandit and tabular-MDP
 families of RL^2, Duan et al. 2016), the same MLP maps an observation to the logits of a
-categorical distribution (:class:`CategoricalMLPPolicy`); :func:`policy_class_for` picks the
-class from an action space.
+categorical distribution (:class:`CategoricalMLPPolicy`). Both are an :class:`MLPPolicy`: the
+body, and the action distribution it parameterises (``policy.distribution``, from
+:mod:`maml_rl.distributions`), which owns everything that depends on the kind;
+:func:`policy_class_for` picks the class from an action space, :func:`make_mlp_policy` builds one.
 
 Parameters are a ``dict[str, Tensor]``. Every tensor may carry a leading *task* dimension M
 (one parameter set per task, e.g. after per-task adaptation); one batched matrix product per
@@ -22,10 +24,20 @@ import gymnasium as gym
 import torch
 from torch import Tensor, nn
 
+from maml_rl.distributions import (
+    ActionDistribution,
+    Categorical,
+    DiagGaussian,
+    categorical_kl,
+    categorical_log_prob,
+    distribution_for,
+    gaussian_kl,
+    gaussian_log_prob,
+)
+
 Params = dict[str, Tensor]
 
 NONLINEARITIES = {"relu": torch.relu, "tanh": torch.tanh}
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 LEARNED_STEP_SIZES = "inner_step_sizes"
@@ -79,8 +91,61 @@ def mlp_forward(
     return h.reshape(*lead, h.shape[-1])
 
 
-class GaussianMLPPolicy(nn.Module):
-    """pi_theta(a|s) = N(a; mu_theta(s), diag(exp(log_std))^2).
+class MLPPolicy(nn.Module):
+    """pi_theta(a|s) = D(f_theta(s)): an MLP body f_theta whose output parameterises the action
+    distribution D (``self.distribution``, :mod:`maml_rl.distributions`), which owns sampling,
+    the mode, ``log_prob``, ``kl`` and the curvature heads. The subclasses only build it:
+    :class:`GaussianMLPPolicy` (Box) and :class:`CategoricalMLPPolicy` (Discrete).
+
+    The body is ``layers.0`` .. ``layers.{L-1}`` (Glorot-uniform weights, zero biases); a
+    distribution with a parameter of its own (the Gaussian's ``log_std``) has it registered
+    after the layers by the subclass, so ``theta`` keeps the layers-first order.
+    """
+
+    distribution: ActionDistribution
+
+    def __init__(
+        self,
+        obs_dim: int,
+        distribution: ActionDistribution,
+        hidden_sizes: Sequence[int],
+        nonlinearity: str,
+    ) -> None:
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.distribution = distribution
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.nonlinearity = nonlinearity
+        sizes = (obs_dim, *self.hidden_sizes, distribution.num_outputs)
+        self.layers = mlp_layers(sizes, nonlinearity)
+
+    def params(self) -> Params:
+        """The meta-parameters theta as an ordered name -> tensor dict (shared storage)."""
+        return theta(self)
+
+    def forward(self, obs: Tensor, params: Params | None = None) -> PolicyOutput:
+        """The distribution's output for ``obs``: ``(mean, log_std)`` (Gaussian, ``log_std``
+        broadcasting against ``mean``) or the logits ``[..., n]`` (categorical).
+
+        ``obs`` is ``[..., obs_dim]`` with unbatched ``params``, or ``[M, ..., obs_dim]`` with
+        params carrying a leading task dimension M (weights ``[M, out, in]``): then one
+        ``baddbmm`` per layer serves all M tasks.
+        """
+        p = self.params() if params is None else params
+        body = mlp_forward(obs, p, len(self.layers), self.nonlinearity, is_task_batched(p))
+        return self.distribution.output(body, p)
+
+    def log_prob(self, actions: Tensor, output: PolicyOutput) -> Tensor:
+        """log pi(a|s) for the forward's output (the distribution's ``log_prob``)."""
+        return self.distribution.log_prob(actions, output)
+
+    def kl(self, output_p: PolicyOutput, output_q: PolicyOutput) -> Tensor:
+        """KL(p || q) between two forward outputs (the distribution's ``kl``)."""
+        return self.distribution.kl(output_p, output_q)
+
+
+class GaussianMLPPolicy(MLPPolicy):
+    """pi_theta(a|s) = N(a; mu_theta(s), diag(exp(log_std))^2) (:class:`DiagGaussian`).
 
     Args:
         obs_dim: observation size.
@@ -98,44 +163,35 @@ class GaussianMLPPolicy(nn.Module):
         nonlinearity: str = "relu",
         init_std: float = 1.0,
     ) -> None:
-        super().__init__()
         if init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {init_std}")
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.hidden_sizes = tuple(hidden_sizes)
-        self.nonlinearity = nonlinearity
-        self.layers = mlp_layers((obs_dim, *self.hidden_sizes, act_dim), nonlinearity)
+        super().__init__(obs_dim, DiagGaussian(act_dim), hidden_sizes, nonlinearity)
+        self.act_dim = act_dim
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
 
-    def params(self) -> Params:
-        """The meta-parameters theta as an ordered name -> tensor dict (shared storage)."""
-        return theta(self)
 
-    def forward(self, obs: Tensor, params: Params | None = None) -> tuple[Tensor, Tensor]:
-        """Mean and log-std of pi(.|obs).
+class CategoricalMLPPolicy(MLPPolicy):
+    """pi_theta(a|s) = softmax(f_theta(s))_a for ``Discrete(n)`` actions a in {0, ..., n-1}
+    (:class:`Categorical`); the last layer outputs the n logits, and there is no ``log_std``.
 
-        ``obs`` is ``[..., obs_dim]`` with unbatched ``params``, or ``[M, ..., obs_dim]`` with
-        params carrying a leading task dimension M. Returns ``(mean, log_std)`` where
-        ``log_std`` broadcasts against ``mean``.
-        """
-        p = self.params() if params is None else params
-        batched = p["log_std"].dim() == 2
-        lead = obs.shape[:-1]
-        mean = mlp_forward(obs, p, len(self.layers), self.nonlinearity, batched)
-        log_std = p["log_std"]
-        if batched:
-            log_std = log_std.reshape(log_std.shape[0], *([1] * (len(lead) - 1)), self.act_dim)
-        return mean, log_std
+    Args:
+        obs_dim: observation size.
+        num_actions: number of actions n (>= 1).
+        hidden_sizes: widths of the hidden layers.
+        nonlinearity: ``"relu"`` or ``"tanh"``.
+    """
 
-    @staticmethod
-    def log_prob(actions: Tensor, output: tuple[Tensor, Tensor]) -> Tensor:
-        """log pi(a|s) for the forward's ``(mean, log_std)`` (:func:`gaussian_log_prob`)."""
-        return gaussian_log_prob(actions, *output)
-
-    @staticmethod
-    def kl(output_p: tuple[Tensor, Tensor], output_q: tuple[Tensor, Tensor]) -> Tensor:
-        """KL(p || q) between two forward outputs (:func:`gaussian_kl`)."""
-        return gaussian_kl(*output_p, *output_q)
+    def __init__(
+        self,
+        obs_dim: int,
+        num_actions: int,
+        hidden_sizes: Sequence[int] = (100, 100),
+        nonlinearity: str = "relu",
+    ) -> None:
+        if num_actions < 1:
+            raise ValueError(f"num_actions must be >= 1, got {num_actions}")
+        super().__init__(obs_dim, Categorical(num_actions), hidden_sizes, nonlinearity)
+        self.num_actions = num_actions
 
 
 def is_task_batched(params: Params) -> bool:
@@ -152,101 +208,6 @@ def replicate(params: Params, num_tasks: int) -> Params:
     return {k: v.unsqueeze(0).expand(num_tasks, *v.shape) for k, v in params.items()}
 
 
-def gaussian_log_prob(actions: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """log N(a; mu, sigma^2), summed over the last (action) dimension.
-
-    log p = sum_d [ -(a_d - mu_d)^2 / (2 sigma_d^2) - log sigma_d - log(2 pi) / 2 ].
-    """
-    z = (actions - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
-
-
-def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
-    """KL(p || q) of diagonal Gaussians, summed over the last (action) dimension.
-
-    KL = sum_d [ log sigma_q - log sigma_p + (sigma_p^2 + (mu_p - mu_q)^2) / (2 sigma_q^2) - 1/2 ].
-    """
-    var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
-    kl = log_std_q - log_std_p + (var_p + (mean_p - mean_q).pow(2)) / (2 * var_q) - 0.5
-    return kl.sum(-1)
-
-
-class CategoricalMLPPolicy(nn.Module):
-    """pi_theta(a|s) = softmax(f_theta(s))_a for ``Discrete(n)`` actions a in {0, ..., n-1}.
-
-    The MLP f_theta is built and initialised as :class:`GaussianMLPPolicy`'s (Glorot-uniform
-    weights, zero biases; the last layer outputs the n logits); there is no ``log_std``.
-
-    Args:
-        obs_dim: observation size.
-        num_actions: number of actions n (>= 1).
-        hidden_sizes: widths of the hidden layers.
-        nonlinearity: ``"relu"`` or ``"tanh"``.
-    """
-
-    def __init__(
-        self,
-        obs_dim: int,
-        num_actions: int,
-        hidden_sizes: Sequence[int] = (100, 100),
-        nonlinearity: str = "relu",
-    ) -> None:
-        super().__init__()
-        if num_actions < 1:
-            raise ValueError(f"num_actions must be >= 1, got {num_actions}")
-        self.obs_dim, self.num_actions = obs_dim, num_actions
-        self.hidden_sizes = tuple(hidden_sizes)
-        self.nonlinearity = nonlinearity
-        self.layers = mlp_layers((obs_dim, *self.hidden_sizes, num_actions), nonlinearity)
-
-    def params(self) -> Params:
-        """The meta-parameters theta as an ordered name -> tensor dict (shared storage)."""
-        return theta(self)
-
-    def forward(self, obs: Tensor, params: Params | None = None) -> Tensor:
-        """Logits of pi(.|obs), ``[..., num_actions]``.
-
-        ``obs`` is ``[..., obs_dim]`` with unbatched ``params``, or ``[M, ..., obs_dim]`` with
-        params carrying a leading task dimension M (weights ``[M, out, in]``): then one
-        ``baddbmm`` per layer serves all M tasks.
-        """
-        p = self.params() if params is None else params
-        return mlp_forward(obs, p, len(self.layers), self.nonlinearity, is_task_batched(p))
-
-    @staticmethod
-    def log_prob(actions: Tensor, output: Tensor) -> Tensor:
-        """log pi(a|s) for the forward's logits (:func:`categorical_log_prob`)."""
-        return categorical_log_prob(actions, output)
-
-    @staticmethod
-    def kl(output_p: Tensor, output_q: Tensor) -> Tensor:
-        """KL(p || q) between two forward outputs (:func:`categorical_kl`)."""
-        return categorical_kl(output_p, output_q)
-
-
-def categorical_log_prob(actions: Tensor, logits: Tensor) -> Tensor:
-    """log pi(a) of integer ``actions`` ``[...]`` under ``logits`` ``[..., n]``.
-
-    log pi(a) = z_a - log sum_b exp(z_b), with z the logits (computed as ``log_softmax``).
-    Raises TypeError for a floating-point ``actions`` tensor (no silent rounding).
-    """
-    if actions.is_floating_point() or actions.is_complex():
-        raise TypeError(f"categorical actions must be an integer tensor, got {actions.dtype}")
-    log_pi = torch.log_softmax(logits, dim=-1)
-    return log_pi.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-
-
-def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
-    """KL(p || q) of categorical distributions given by logits ``[..., n]``; result ``[...]``.
-
-    KL = sum_a p_a (log p_a - log q_a), p = softmax(logits_p), q = softmax(logits_q).
-    """
-    log_p = torch.log_softmax(logits_p, dim=-1)
-    log_q = torch.log_softmax(logits_q, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
-
-
-MLPPolicy = GaussianMLPPolicy | CategoricalMLPPolicy
 PolicyOutput = tuple[Tensor, Tensor] | Tensor
 """What a policy's forward returns: ``(mean, log_std)`` (Gaussian) or logits (categorical)."""
 
@@ -260,22 +221,54 @@ def detach_output(output: PolicyOutput) -> PolicyOutput:
     return output.detach().clone()
 
 
-def most_likely_action(output: PolicyOutput) -> Tensor:
-    """The mode of pi(.|s) from a forward's output: the Gaussian's mean ``[..., act_dim]``, or
-    the categorical's most likely index ``argmax_a z_a`` ``[...]`` (int64)."""
-    return output[0] if isinstance(output, tuple) else output.argmax(-1)
+_POLICY_CLASSES: dict[type, type[MLPPolicy]] = {
+    DiagGaussian: GaussianMLPPolicy,
+    Categorical: CategoricalMLPPolicy,
+}
 
 
-def policy_class_for(action_space: gym.Space) -> type[GaussianMLPPolicy | CategoricalMLPPolicy]:
-    """The policy class for a Gymnasium action space: a 1-D ``Box`` takes
-    :class:`GaussianMLPPolicy` (output size ``shape[0]``), a ``Discrete`` takes
-    :class:`CategoricalMLPPolicy` (output size ``n``; its actions are indices 0..n-1, to which a
-    sampler adds ``action_space.start``). Anything else raises a one-line ValueError."""
-    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-        return GaussianMLPPolicy
-    if isinstance(action_space, gym.spaces.Discrete):
-        return CategoricalMLPPolicy
-    raise ValueError(
-        f"no policy for action space {action_space}: need a 1-D Box (Gaussian policy) "
-        "or a Discrete (categorical policy)"
-    )
+def policy_class_for(action_space: gym.Space) -> type[MLPPolicy]:
+    """The policy class for a Gymnasium action space: that of its distribution
+    (:func:`~maml_rl.distributions.distribution_for`): :class:`GaussianMLPPolicy` for a 1-D
+    ``Box``, :class:`CategoricalMLPPolicy` for a ``Discrete``; a one-line ValueError else."""
+    return _POLICY_CLASSES[type(distribution_for(action_space))]
+
+
+def make_mlp_policy(
+    obs_dim: int,
+    action_space: gym.Space,
+    hidden_sizes: Sequence[int],
+    nonlinearity: str,
+    init_std: float,
+) -> MLPPolicy:
+    """A fresh policy for ``action_space`` (class by :func:`policy_class_for`), its output size
+    the distribution's; ``init_std`` is the Gaussian's (a categorical policy has no std)."""
+    distribution = distribution_for(action_space)
+    if isinstance(distribution, DiagGaussian):
+        return GaussianMLPPolicy(
+            obs_dim, distribution.act_dim, hidden_sizes, nonlinearity, init_std
+        )
+    return CategoricalMLPPolicy(obs_dim, distribution.num_actions, hidden_sizes, nonlinearity)
+
+
+__all__ = [
+    "LEARNED_STEP_SIZES",
+    "NONLINEARITIES",
+    "CategoricalMLPPolicy",
+    "GaussianMLPPolicy",
+    "MLPPolicy",
+    "Params",
+    "PolicyOutput",
+    "categorical_kl",
+    "categorical_log_prob",
+    "detach_output",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "is_task_batched",
+    "make_mlp_policy",
+    "mlp_forward",
+    "mlp_layers",
+    "policy_class_for",
+    "replicate",
+    "theta",
+]

@@ -7,8 +7,9 @@ samplers (training and evaluation rollouts) and the oracle's evaluation use it.
 :class:`VectorSampler` serves M tasks x K episodes from one batched environment: one policy
 forward per time step serves every sub-environment (per-task parameters carry a leading task
 dimension), and the environment steps all M*K sub-environments at once. Actions are drawn
-from pre-drawn per-task noise: Gaussian noise for a ``Box`` (Gaussian policy), Gumbel noise for
-a ``Discrete`` (categorical policy, Gumbel-max). The sampler is an
+from pre-drawn per-task noise by the policy's distribution (``policy.distribution``,
+:mod:`maml_rl.distributions`: Gaussian noise for a ``Box``, Gumbel noise and Gumbel-max for a
+``Discrete``). The sampler is an
 interface (:class:`Sampler`); :func:`maml_rl.trainer.make_sampler` builds the back-end a config
 names (this one, or Ray workers: :mod:`maml_rl.ray_sampler`), both giving the same batches.
 """
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from maml_rl.batch import EpisodeBatch, episode_batch
+from maml_rl.distributions import gaussian_noise, gumbel_noise
 from maml_rl.errors import NonFiniteRolloutError, UserEnvError
 from maml_rl.family import (
     PASSED_ON,
@@ -49,25 +51,6 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def gaussian_noise(horizon: int, episodes: int, act_dim: int, seed: int) -> torch.Tensor:
-    """Standard normal noise eps ``[horizon, episodes, act_dim]`` float32 from ``torch.randn`` of
-    a generator seeded with ``seed``: ``mu + sigma * eps[t, k]`` is the Gaussian draw of step t
-    of episode k."""
-    return torch.randn(
-        horizon, episodes, act_dim, generator=torch.Generator().manual_seed(int(seed))
-    )
-
-
-def gumbel_noise(horizon: int, episodes: int, num_actions: int, seed: int) -> torch.Tensor:
-    """Standard Gumbel noise g = -log(-log u), u ~ U(0, 1), ``[horizon, episodes, num_actions]``
-    float32, from ``torch.rand`` of a generator seeded with ``seed`` (u is raised to the
-    smallest normal float32 so that u = 0 gives a finite g). ``argmax(logits + g[t, k])`` is a
-    sample of softmax(logits): the categorical draw of step t of episode k."""
-    generator = torch.Generator().manual_seed(int(seed))
-    u = torch.rand(horizon, episodes, num_actions, generator=generator)
-    return -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
 
 
 class Sampler(Protocol):
@@ -224,8 +207,8 @@ class VectorSampler:
             the policy acts in [-1, 1]^d mapped onto the Box with ``normalize_actions``, else
             clipped; for a Discrete its indices are shifted by the space's ``start``).
         policy: the policy architecture (:class:`~maml_rl.policy.GaussianMLPPolicy` for a Box,
-            :class:`~maml_rl.policy.CategoricalMLPPolicy` for a Discrete); parameters come with
-            every :meth:`sample` call.
+            :class:`~maml_rl.policy.CategoricalMLPPolicy` for a Discrete); its ``distribution``
+            draws the actions from the noise; parameters come with every :meth:`sample` call.
         num_threads: physics threads of the batched env (None: the env's default).
     """
 
@@ -279,68 +262,15 @@ class VectorSampler:
         actions are bit-identical whichever shard it is sampled in: BLAS kernels may round
         differently for other batch shapes, and the physics would amplify that.
         """
-        num_tasks, k = len(tasks), int(episodes_per_task)
-        if num_tasks == 0 or k <= 0:
-            raise ValueError(f"need at least one task and one episode, got {num_tasks} and {k}")
-        if len(seeds) != num_tasks:
-            raise ValueError(f"got {len(seeds)} task seeds for {num_tasks} tasks")
-        if is_task_batched(params) and params["layers.0.weight"].shape[0] != num_tasks:
-            raise ValueError(
-                f"params carry {params['layers.0.weight'].shape[0]} task sets for {num_tasks} tasks"
-            )
-        rows = list(range(num_tasks)) if shard is None else [int(i) for i in shard]
-        if not rows or min(rows) < 0 or max(rows) >= num_tasks:
-            raise ValueError(f"shard {rows} is empty or outside the {num_tasks} tasks")
-        full = len(rows) == num_tasks and rows == sorted(rows)
-        m = len(rows)
-        n = m * k
-        env = self._env(n)
+        k = int(episodes_per_task)
+        rows = shard_rows(len(tasks), params, k, seeds, shard)
+        env = self._env(len(rows) * k)
         to_env = self.family.action_mapping(env.single_action_space)
-        obs_dim = env.single_observation_space.shape[0]
         cpu_params = {
             name: p.detach().to("cpu", torch.float32).clone() for name, p in params.items()
         }
-        slots = torch.zeros(num_tasks, k, obs_dim)
-        index = torch.tensor(rows)
-
-        def forward(obs: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-            """The policy's output for the shard's observations, computed over all M slots."""
-            current = torch.from_numpy(obs).view(m, k, obs_dim)
-            if full:
-                slots.copy_(current)
-            else:
-                slots[index] = current
-            return self.policy(slots, cpu_params)
-
-        act: Callable[[int, np.ndarray], np.ndarray]
-        if to_env.discrete:
-            num_actions = int(env.single_action_space.n)
-            # all of an episode's Gumbel noise up front, one generator per task: [T, m, K, n]
-            gumbel = torch.stack(
-                [gumbel_noise(self.horizon, k, num_actions, int(seeds[i])) for i in rows],
-                dim=1,
-            )
-
-            def act(t: int, obs: np.ndarray) -> np.ndarray:
-                logits = forward(obs)
-                if not full:
-                    logits = logits[index]
-                return (logits + gumbel[t]).argmax(-1).reshape(n).numpy()
-
-        else:
-            act_dim = to_env.shape[0]
-            # all of an episode's action noise up front, one generator per task: [T, m, K, act]
-            noise = torch.stack(
-                [gaussian_noise(self.horizon, k, act_dim, int(seeds[i])) for i in rows], dim=1
-            )
-
-            def act(t: int, obs: np.ndarray) -> np.ndarray:
-                mean, log_std = forward(obs)
-                if not full:
-                    mean = mean[index]
-                    log_std = log_std[index] if log_std.dim() == 3 else log_std
-                return (mean + log_std.exp() * noise[t]).reshape(n, act_dim).numpy()
-
+        obs_dim = env.single_observation_space.shape[0]
+        act = self._actor(cpu_params, len(tasks), rows, k, seeds, obs_dim, to_env.shape)
         with torch.no_grad(), one_torch_thread():
             try:
                 episodes = run_episodes(
@@ -352,28 +282,121 @@ class VectorSampler:
                     to_env,
                 )
             except NonFiniteActions as err:
-                bad = [name for name, p in cpu_params.items() if not bool(torch.isfinite(p).all())]
-                if not bad:
+                cause = parameters_not_finite(cpu_params, err)
+                if cause is None:
                     raise
-                raise NonFiniteRolloutError(
-                    f"the policy's parameters are not finite ({', '.join(bad)}: NaN or "
-                    f"infinite values), nor are its actions (sub-env {err.sub_env}, step "
-                    f"{err.step})"
-                ) from err
-        steps = episodes.mask.shape[0]
+                raise cause from err
+        return shard_batch(episodes, len(rows), k)
 
-        def to_tensor(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(x).reshape(steps, m, k, *x.shape[2:])
-
-        return episode_batch(
-            to_tensor(episodes.observations),
-            to_tensor(episodes.actions),
-            to_tensor(episodes.rewards.astype(np.float32)),
-            to_tensor(episodes.mask),
-            None if episodes.success is None else to_tensor(episodes.success),
+    def _actor(
+        self,
+        params: Params,
+        num_tasks: int,
+        rows: list[int],
+        k: int,
+        seeds: Sequence[int],
+        obs_dim: int,
+        action_shape: tuple[int, ...],
+    ) -> Callable[[int, np.ndarray], np.ndarray]:
+        """``act(t, observations)`` for :func:`run_episodes`: the shard's observations
+        ``[m * K, obs_dim]`` placed in their rows of all M task slots, one policy forward, the
+        shard's rows of its output, and the distribution's draw from step t of the noise drawn
+        up front, one generator per task (``[T, m, K, ...]``)."""
+        distribution = self.policy.distribution
+        m, n = len(rows), len(rows) * k
+        full = m == num_tasks and rows == sorted(rows)
+        slots = torch.zeros(num_tasks, k, obs_dim)
+        index = torch.tensor(rows)
+        noise = torch.stack(
+            [distribution.noise(self.horizon, k, int(seeds[i])) for i in rows], dim=1
         )
+
+        def act(t: int, obs: np.ndarray) -> np.ndarray:
+            current = torch.from_numpy(obs).view(m, k, obs_dim)
+            if full:
+                slots.copy_(current)
+            else:
+                slots[index] = current
+            output = self.policy(slots, params)
+            if not full:
+                output = distribution.take_tasks(output, index)
+            return (
+                distribution.sample_from_noise(output, noise[t]).reshape(n, *action_shape).numpy()
+            )
+
+        return act
 
     def close(self) -> None:
         for env in self._envs.values():
             env.close()
         self._envs.clear()
+
+
+def shard_rows(
+    num_tasks: int,
+    params: Params,
+    episodes_per_task: int,
+    seeds: Sequence[int],
+    shard: Sequence[int] | None,
+) -> list[int]:
+    """The task indices of ``shard`` (default: all ``num_tasks``), after checking that there
+    is a task and an episode, a seed per task, a parameter set per task (if task-batched) and
+    that the shard is a non-empty subset of the tasks (one-line ValueErrors)."""
+    if num_tasks == 0 or episodes_per_task <= 0:
+        raise ValueError(
+            f"need at least one task and one episode, got {num_tasks} and {episodes_per_task}"
+        )
+    if len(seeds) != num_tasks:
+        raise ValueError(f"got {len(seeds)} task seeds for {num_tasks} tasks")
+    if is_task_batched(params) and params["layers.0.weight"].shape[0] != num_tasks:
+        raise ValueError(
+            f"params carry {params['layers.0.weight'].shape[0]} task sets for {num_tasks} tasks"
+        )
+    rows = list(range(num_tasks)) if shard is None else [int(i) for i in shard]
+    if not rows or min(rows) < 0 or max(rows) >= num_tasks:
+        raise ValueError(f"shard {rows} is empty or outside the {num_tasks} tasks")
+    return rows
+
+
+def parameters_not_finite(params: Params, err: NonFiniteActions) -> NonFiniteRolloutError | None:
+    """The error to raise for non-finite actions when the policy's parameters are not finite
+    either (naming them), else None (the actions' own error stands)."""
+    bad = [name for name, p in params.items() if not bool(torch.isfinite(p).all())]
+    if not bad:
+        return None
+    return NonFiniteRolloutError(
+        f"the policy's parameters are not finite ({', '.join(bad)}: NaN or "
+        f"infinite values), nor are its actions (sub-env {err.sub_env}, step "
+        f"{err.step})"
+    )
+
+
+def shard_batch(episodes: Episodes, num_tasks: int, episodes_per_task: int) -> EpisodeBatch:
+    """The episode batch ``[T, m, K, ...]`` of :func:`run_episodes`' time-major records of
+    m * K sub-envs (sub-env i * K + k: episode k of task i), rewards cast to float32."""
+    steps = episodes.mask.shape[0]
+
+    def to_tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).reshape(steps, num_tasks, episodes_per_task, *x.shape[2:])
+
+    return episode_batch(
+        to_tensor(episodes.observations),
+        to_tensor(episodes.actions),
+        to_tensor(episodes.rewards.astype(np.float32)),
+        to_tensor(episodes.mask),
+        None if episodes.success is None else to_tensor(episodes.success),
+    )
+
+
+__all__ = [
+    "Episodes",
+    "NonFiniteActions",
+    "Sampler",
+    "VectorSampler",
+    "gaussian_noise",
+    "gumbel_noise",
+    "one_torch_thread",
+    "run_episodes",
+    "step_failed",
+    "wrong_observations",
+]

@@ -23,16 +23,12 @@ import torch
 from maml_rl.batch import EpisodeBatch, LossInputs, episode_success
 from maml_rl.checkpoint import check_training_state, numpy_rng_from_plain, numpy_rng_to_plain
 from maml_rl.config import TrainConfig
+from maml_rl.distributions import distribution_for
 from maml_rl.family import TaskFamily
 from maml_rl.inner_loop import batch_loss_inputs
 from maml_rl.meta_optimizers import MetaOptimizer, StepResult, make_meta_optimizer
 from maml_rl.meta_sgd import learn_step_sizes
-from maml_rl.policy import (
-    CategoricalMLPPolicy,
-    GaussianMLPPolicy,
-    MLPPolicy,
-    policy_class_for,
-)
+from maml_rl.policy import MLPPolicy, make_mlp_policy
 from maml_rl.resources import check_memory
 from maml_rl.sampler import Sampler, VectorSampler
 from maml_rl.seeding import FISHER, INNER, POST_UPDATE, derive_seed
@@ -48,7 +44,7 @@ def make_policy(
     family: TaskFamily, settings: PolicySettings, step_size_init: float | None = None
 ) -> MLPPolicy:
     """A fresh MLP policy for the family's 1-D Box observations, of the class its action space
-    takes (:func:`~maml_rl.policy.policy_class_for`): Gaussian for a 1-D Box (``init_std``),
+    takes (:func:`~maml_rl.policy.make_mlp_policy`): Gaussian for a 1-D Box (``init_std``),
     categorical for a Discrete (``init_std`` ignored). ``step_size_init``: give it
     Meta-SGD's learned inner step sizes, all starting at this value
     (:func:`~maml_rl.meta_sgd.learn_step_sizes`)."""
@@ -67,18 +63,14 @@ def meta_sgd_init(config: TrainConfig) -> float | None:
 def _make_network(family: TaskFamily, settings: PolicySettings) -> MLPPolicy:
     obs_space, act_space = family.observation_space, family.action_space
     try:
-        policy_class = policy_class_for(act_space)
+        distribution_for(act_space)
     except ValueError as err:
         raise ValueError(f"{family.env_id}: {err}") from None
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(f"{family.env_id}: need a 1-D Box observation space, got {obs_space}")
-    if policy_class is CategoricalMLPPolicy:
-        return CategoricalMLPPolicy(
-            obs_space.shape[0], int(act_space.n), settings.hidden_sizes, settings.nonlinearity
-        )
-    return GaussianMLPPolicy(
+    return make_mlp_policy(
         obs_space.shape[0],
-        act_space.shape[0],
+        act_space,
         settings.hidden_sizes,
         settings.nonlinearity,
         settings.init_std,

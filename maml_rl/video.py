@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from maml_rl.policy import is_task_batched, most_likely_action
+from maml_rl.policy import is_task_batched
 
 if TYPE_CHECKING:
     from maml_rl.family import ActionMapping, TaskFamily
@@ -121,7 +121,7 @@ def rollout_frames(
     with torch.no_grad():
         while not done:
             output = policy(torch.as_tensor(obs, dtype=torch.float32), params)
-            action = to_env(most_likely_action(output).numpy())
+            action = to_env(policy.distribution.mode(output).numpy())
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             done = terminated or truncated
