@@ -47,7 +47,7 @@ from maml_rl.adaptation import InnerStep
 from maml_rl.batch import LossInputs, task_mean
 from maml_rl.meta_adaptation import Adaptation
 from maml_rl.meta_learner import OldPolicy
-from maml_rl.policy import MLPPolicy, Params, PolicyOutput, detach_output
+from maml_rl.policy import MLPPolicy, Params, PolicyOutput
 from maml_rl.settings import MetaLearnerSettings
 
 
@@ -185,9 +185,10 @@ class ClippedAdam:
         logp = self.policy.log_prob(post_update.actions, output)
         if old is None:
             old_inner = [
-                detach_output(self.policy(step.data.observations, step.params)) for step in steps
+                self.policy.distribution.detach(self.policy(step.data.observations, step.params))
+                for step in steps
             ]
-            old = ((detach_output(output), logp.detach()), old_inner)
+            old = ((self.policy.distribution.detach(output), logp.detach()), old_inner)
         (old_output, old_logp), old_inner = old
         ratio = torch.exp(logp - old_logp)
         surrogate = clipped_surrogate(ratio, post_update.advantages, post_update.mask, s.clip_eps)

@@ -364,7 +364,7 @@ class AdaptationCurvature:
     whose theta' does not depend on theta through the gradient), each possibly on a subsample of
     its batch; ``post_update`` is the post-update batch (or a subsample of it) on which the KL and
     surrogate are averaged: ``mean_tasks(task_mean(.))`` as in
-    :meth:`maml_rl.meta_learner.MetaLearner.surrogate_and_kl`. The tasks are split into groups
+    :meth:`maml_rl.meta_learner.TRPO.surrogate_and_kl`. The tasks are split into groups
     (``group_size``; default :func:`task_group_size`) whose products run one after another, so
     that on a CPU each group's intermediates stay in cache; the sums over tasks are the same.
 

@@ -30,7 +30,7 @@ from maml_rl.batch import LossInputs, task_mean
 from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, subsample
 from maml_rl.meta_adaptation import Adaptation
 from maml_rl.meta_sgd import learned_step_sizes
-from maml_rl.policy import Params, PolicyOutput, detach_output
+from maml_rl.policy import Params, PolicyOutput
 from maml_rl.settings import HVP_METHODS, MetaLearnerSettings
 from maml_rl.trpo import TRPOResult, flatten, hessian_vector_product, trpo_step
 
@@ -86,7 +86,7 @@ class TRPO:
         output = self.policy(post_update.observations, params)
         logp = self.policy.log_prob(post_update.actions, output)
         if old is None:
-            old = (detach_output(output), logp.detach())
+            old = (self.policy.distribution.detach(output), logp.detach())
         ratio = torch.exp(logp - old[1])
         loss = -task_mean(ratio * post_update.advantages, post_update.mask).mean()
         kl = task_mean(self.policy.kl(old[0], output), post_update.mask).mean()

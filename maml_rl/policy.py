@@ -212,15 +212,6 @@ PolicyOutput = tuple[Tensor, Tensor] | Tensor
 """What a policy's forward returns: ``(mean, log_std)`` (Gaussian) or logits (categorical)."""
 
 
-def detach_output(output: PolicyOutput) -> PolicyOutput:
-    """A forward output with every tensor detached and copied: a copy, because an output can be
-    a view of a parameter (the Gaussian's unbatched ``log_std``), which an in-place update
-    (TRPO's line search) would otherwise move along."""
-    if isinstance(output, tuple):
-        return tuple(t.detach().clone() for t in output)
-    return output.detach().clone()
-
-
 _POLICY_CLASSES: dict[type, type[MLPPolicy]] = {
     DiagGaussian: GaussianMLPPolicy,
     Categorical: CategoricalMLPPolicy,
@@ -261,7 +252,6 @@ __all__ = [
     "PolicyOutput",
     "categorical_kl",
     "categorical_log_prob",
-    "detach_output",
     "gaussian_kl",
     "gaussian_log_prob",
     "is_task_batched",

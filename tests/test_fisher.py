@@ -316,7 +316,7 @@ def test_dice_refuses_samples_without_their_episodes():
 def test_the_old_policy_does_not_move_with_theta_without_an_inner_step():
     """With no inner step (the pretrained comparison) the Gaussian's log-std output is theta's
     own parameter: pi_old must be a copy, or a line-search trial that changes only the log-std
-    reports KL 0 (it did before detach_output copied)."""
+    reports KL 0 (it did before the distribution's detach copied)."""
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(3, 2, (6,), "tanh").double()
     valid = random_loss_inputs(4, 6, 3, 2, seed=100)
