@@ -4,7 +4,8 @@ paper-protocol evaluation of every final policy.
 The command ``maml-rl compare`` (:func:`add_compare_parser` registers it in
 :mod:`maml_rl.cli`). Runs are folders ``<variant>-s<seed>`` under ``--runs`` (what ``maml-rl
 train --set run_name=<variant>-s<seed> log_dir=<runs>`` makes); the variants are those of
-:data:`VARIANTS`, whose ``--set`` keys :func:`train_command` prints. The command writes into ``--out``:
+:data:`VARIANTS`, whose ``--set`` keys :func:`train_command` prints.
+The command writes into ``--out``:
 
 * ``return_vs_env_steps.png`` and ``return_vs_wall_seconds.png``: the mean post-update return of
   each iteration's meta-batch (fresh tasks, after one inner step), smoothed over ``--smooth``
