@@ -1,4 +1,5 @@
-"""The ``maml-rl`` command line: ``train``, ``evaluate``, ``baseline`` (and ``presets``)."""
+"""The ``maml-rl`` command line: ``train``, ``evaluate``, ``baseline``, ``compare`` (and
+``presets``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from maml_rl.compare import add_compare_parser
 from maml_rl.config import (
     DEFAULT_CONFIG_NAME,
     ConfigError,
@@ -305,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
     _add_evaluate_parser(sub)
     _add_baseline_parser(sub)
+    add_compare_parser(sub)
     p = sub.add_parser("curves", help="plot training curves (pre/post-adaptation return)")
     p.add_argument("runs", nargs="+", help="run folders (holding progress.csv)")
     p.add_argument("-o", "--output", default="training_curves.png", help="PNG file to write")

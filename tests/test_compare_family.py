@@ -1,30 +1,34 @@
-"""The MAML-family comparison (scripts/compare_family.py): smoothing, time to target and the
-summary by hand on written progress files, and one run of the whole script on tiny runs."""
+"""The MAML-family comparison (``maml-rl compare``, maml_rl/compare.py): smoothing, time to
+target and the summary by hand on written progress files, and one run of the whole command on
+tiny runs."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from compare_family import (
+from maml_rl import cli
+from maml_rl.compare import (
     collect,
-    main,
     markdown,
     seconds_to_reach,
     smooth,
     summarise,
     train_command,
 )
-
 from maml_rl.run import train
 from tests.conftest import tiny_config
+
+
+def main(argv: list[str]) -> int:
+    """``maml-rl compare ARGV``."""
+    return cli.main(["compare", *argv])
+
 
 FAMILY_RESULTS = Path(__file__).resolve().parents[1] / "results" / "maml-family"
 
@@ -106,7 +110,7 @@ def test_user_mistakes_are_one_line(tmp_path, capsys, args, message):
     stderr = capsys.readouterr().err
     assert "Traceback" not in stderr
     error = stderr.strip().splitlines()[-1]
-    assert error.startswith("compare_family.py: error:") and re.search(message, error), error
+    assert error.startswith("maml-rl compare: error:") and re.search(message, error), error
 
 
 @pytest.mark.parametrize("task", ["navigation", "halfcheetah-dir-rllab"])
@@ -126,7 +130,7 @@ def test_train_commands_make_each_variant():
     assert "run_name=promp-s2" in command
 
 
-def test_the_script_on_tiny_runs(tmp_path, capsys):
+def test_the_command_on_tiny_runs(tmp_path, capsys):
     sizes = dict(meta_batch_size=4, episodes_per_task=4, hidden_sizes=[16], num_iterations=2)
     for name, keys in (("maml-trpo", {}), ("meta-sgd", {"meta_sgd": True})):
         train(tiny_config(**sizes, **keys), tmp_path / "runs" / f"{name}-s1", stdout=False)
@@ -176,3 +180,13 @@ def test_committed_comparison_policy_reaches_its_recorded_return(task, run):
 def recorded_seeds(task: str, variant: str) -> list[int]:
     summary = json.loads((FAMILY_RESULTS / task / "comparison.json").read_text())["summary"]
     return summary["variants"][variant]["seeds"]
+
+
+def test_compare_is_a_subcommand_with_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare", "--help"])
+    assert exit_info.value.code == 0
+    assert "--time-iterations" in capsys.readouterr().out
+    assert main(["--print-commands", "--config", "navigation", "--seeds", "4"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 6 and "run_name=maml-trpo-s4" in printed[0]

@@ -1,9 +1,11 @@
 """Compare MAML-family variants trained on the same task family: curves, time to target,
 paper-protocol evaluation of every final policy.
 
-Runs are folders ``<variant>-s<seed>`` under ``--runs`` (what ``maml-rl train --set
-run_name=<variant>-s<seed> log_dir=<runs>`` makes); the variants are those of :data:`VARIANTS`,
-whose ``--set`` keys :func:`train_command` prints. The script writes into ``--out``:
+The command ``maml-rl compare`` (:func:`add_compare_parser` registers it in
+:mod:`maml_rl.cli`). Runs are folders ``<variant>-s<seed>`` under ``--runs`` (what ``maml-rl
+train --set run_name=<variant>-s<seed> log_dir=<runs>`` makes); the variants are those of
+:data:`VARIANTS`, whose ``--set`` keys :func:`train_command` prints.
+The command writes into ``--out``:
 
 * ``return_vs_env_steps.png`` and ``return_vs_wall_seconds.png``: the mean post-update return of
   each iteration's meta-batch (fresh tasks, after one inner step), smoothed over ``--smooth``
@@ -21,8 +23,8 @@ whose ``--set`` keys :func:`train_command` prints. The script writes into ``--ou
   (iterations to the target times seconds per iteration), and the wall-clock figure uses them,
   so that the load beside the comparison's runs (if they shared the machine) does not decide it.
 
-    python scripts/compare_family.py --runs runs/cmp-nav --out results/maml-family/navigation
-    python scripts/compare_family.py --print-commands --config navigation --seeds 1 2 3
+    maml-rl compare --runs runs/cmp-nav --out results/maml-family/navigation
+    maml-rl compare --print-commands --config navigation --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -345,9 +347,11 @@ def reused(path: Path, variants: Sequence[str]) -> tuple[dict[str, float] | None
     return timed, evaluation
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="compare_family.py",
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``maml-rl compare`` (its arguments below) on the command line's sub-parsers."""
+    parser = sub.add_parser(
+        "compare",
+        help="compare MAML-family variants: curves, time to target, evaluation of each policy",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -371,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="a comparison.json whose timing alone and evaluation to reuse (redraw only)",
     )
-    args = parser.parse_args(argv)
+    parser.set_defaults(func=lambda args: run_compare(args, parser))
+
+
+def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``maml-rl compare``: print the runs' commands, or check the arguments and compare (a
+    mistake is ``parser.error``: one line, exit 2)."""
     if args.print_commands:
         from maml_rl.config import preset_names
 
@@ -421,8 +430,12 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-__all__ = ["VARIANTS", "collect", "evaluate_runs", "markdown", "smooth", "summarise"]
+__all__ = [
+    "VARIANTS",
+    "add_compare_parser",
+    "collect",
+    "evaluate_runs",
+    "markdown",
+    "smooth",
+    "summarise",
+]
