@@ -60,8 +60,13 @@ CASES: dict[str, dict[str, Any]] = {
     "meta_sgd_ppo": {"meta_sgd": True, "algorithm": "maml-ppo", "outer_steps": 2},
     "discrete_bandit": {"env_id": "MAML/BernoulliBandit-K5-v0", "max_episode_steps": 1},
     "discrete_tabular": {"env_id": "MAML/TabularMDP-v0", "max_episode_steps": 10},
-    "cheetah_rllab": {"env_id": "MAML/HalfCheetahVel-rllab-v0", "meta_batch_size": 2,
-                      "episodes_per_task": 2, "max_episode_steps": 15, "num_iterations": 1},
+    "cheetah_rllab": {
+        "env_id": "MAML/HalfCheetahVel-rllab-v0",
+        "meta_batch_size": 2,
+        "episodes_per_task": 2,
+        "max_episode_steps": 15,
+        "num_iterations": 1,
+    },
 }
 
 
@@ -99,8 +104,11 @@ TIME_KEYS = ("time", "wall", "elapsed", "_s", "seconds", "started", "date", "sou
 def without_times(v: Any) -> Any:
     """``v`` with every wall-time-like entry of its dicts dropped."""
     if isinstance(v, dict):
-        return {k: without_times(x) for k, x in v.items()
-                if not any(t in str(k).lower() for t in TIME_KEYS) or k == "time/env_steps"}
+        return {
+            k: without_times(x)
+            for k, x in v.items()
+            if not any(t in str(k).lower() for t in TIME_KEYS) or k == "time/env_steps"
+        }
     if isinstance(v, (list, tuple)):
         return type(v)(without_times(x) for x in v)
     return v
@@ -109,17 +117,25 @@ def without_times(v: Any) -> Any:
 def checkpoint_digests(run_dir: Path) -> dict[str, str]:
     """A digest per top-level entry of the run's checkpoint (times dropped)."""
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    return {str(k): digest(without_times(v)) for k, v in sorted(state.items())
-            if not any(t in str(k).lower() for t in TIME_KEYS)}
+    return {
+        str(k): digest(without_times(v))
+        for k, v in sorted(state.items())
+        if not any(t in str(k).lower() for t in TIME_KEYS)
+    }
 
 
 def progress_digest(run_dir: Path) -> str:
     """Digest of ``progress.csv`` without its time columns and messages."""
     with open(run_dir / "progress.csv") as f:
         rows = list(csv.DictReader(f))
-    keep = [{k: v for k, v in r.items()
-             if not k.startswith(("time/", "train/rejected")) or k == "time/env_steps"}
-            for r in rows]
+    keep = [
+        {
+            k: v
+            for k, v in r.items()
+            if not k.startswith(("time/", "train/rejected")) or k == "time/env_steps"
+        }
+        for r in rows
+    ]
     return digest(keep)
 
 
@@ -137,8 +153,10 @@ def run_all(workdir: Path) -> dict[str, Any]:
         config = TrainConfig(**values, config_name=name).validate()
         with quiet:
             run_dir = train(config, run_dir=workdir / name, stdout=False)
-        out[name] = {"checkpoint": checkpoint_digests(run_dir),
-                     "progress": progress_digest(run_dir)}
+        out[name] = {
+            "checkpoint": checkpoint_digests(run_dir),
+            "progress": progress_digest(run_dir),
+        }
         print(f"{name}: done", file=sys.stderr)
 
     # Resume: 1 iteration, then resumed to 2, equals 2 in one go (and its digests are recorded).
@@ -146,27 +164,49 @@ def run_all(workdir: Path) -> dict[str, Any]:
     with quiet:
         run_dir = train(config, run_dir=workdir / "resumed", stdout=False)
         resume(run_dir, {"num_iterations": 2}, stdout=False)
-    out["resumed"] = {"checkpoint": checkpoint_digests(run_dir),
-                      "progress": progress_digest(run_dir)}
+    out["resumed"] = {
+        "checkpoint": checkpoint_digests(run_dir),
+        "progress": progress_digest(run_dir),
+    }
 
     # API: adapt a trained policy (Gaussian, Meta-SGD, categorical) to a fixed task.
     from maml_rl.api import adapt
+
     for name in ("trpo_gauss_newton", "meta_sgd_trpo", "discrete_tabular"):
         policy, config = load_policy(workdir / name)
         import gymnasium as gym
+
         task = gym.make(config.env_id, **config.env_kwargs).unwrapped.sample_tasks(
-            1, np.random.default_rng(11))[0]
+            1, np.random.default_rng(11)
+        )[0]
         adapted = adapt(policy, config, task, num_steps=2, episodes=3, seed=4)
-        out[f"adapt_{name}"] = {"params": digest(adapted.params),
-                                "returns": digest(adapted.returns)}
+        out[f"adapt_{name}"] = {
+            "params": digest(adapted.params),
+            "returns": digest(adapted.returns),
+        }
 
     # CLI evaluation: returns after 0..2 steps on seeded test tasks, with random init.
     for name in ("trpo_gauss_newton", "meta_sgd_trpo", "discrete_bandit"):
         target = workdir / f"eval_{name}"
         with quiet:
-            rc = cli_main(["evaluate", str(workdir / name), "--num-tasks", "3", "--num-steps",
-                           "2", "--env-steps", "60", "--seed", "2", "--random-init",
-                           "--no-plots", "--output", str(target)])
+            rc = cli_main(
+                [
+                    "evaluate",
+                    str(workdir / name),
+                    "--num-tasks",
+                    "3",
+                    "--num-steps",
+                    "2",
+                    "--env-steps",
+                    "60",
+                    "--seed",
+                    "2",
+                    "--random-init",
+                    "--no-plots",
+                    "--output",
+                    str(target),
+                ]
+            )
         if rc:
             raise SystemExit(f"evaluate {name} exited {rc}")
         returns = json.loads((target / "returns.json").read_text())

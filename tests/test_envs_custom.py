@@ -256,7 +256,7 @@ def test_a_resolved_family_holds_no_env_and_draws_tasks_without_one(monkeypatch)
     built = []
     real_make = gym.make
     monkeypatch.setattr(gym, "make", lambda *a, **k: built.append(a) or real_make(*a, **k))
-    tasks = family.training_tasks(seed=1, iteration=3, num_tasks=4)
+    assert len(family.training_tasks(seed=1, iteration=3, num_tasks=4)) == 4
     assert family.action_space.shape == (6,) and "rgb_array" in family.render_modes
     assert built == []
     # the same tasks as the env's own sample_tasks with the same generator
