@@ -140,6 +140,7 @@ def _unbounded_pendulum():
     env = gym.make("Pendulum-v1").unwrapped
     env.action_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
     env.reset_task = lambda task: None
+    env.sample_tasks = lambda n, rng: [None] * n
     return env
 
 
