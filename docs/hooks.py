@@ -4,8 +4,8 @@ committed result figures the results page shows.
 * A page holding the line ``<!-- generated: cli -->`` gets ``maml-rl --help`` and every
   sub-command's ``--help``, as the command line prints them;
 * ``<!-- generated: config-keys -->`` gets every config key, group by group, with its default
-  and its docstring's first sentence (``maml_rl.config.key_docs()``, read from
-  ``maml_rl/settings.py``), and the shipped presets.
+  and the first sentence of the ``doc`` declared with it (``maml_rl.config.key_docs()``, from
+  the field metadata of ``maml_rl/settings.py``), and the shipped presets.
 * PNG files under ``results/`` are added to the site at the same paths, so pages link them as
   ``results/...`` (relative to the docs folder's root).
 """

@@ -6,12 +6,12 @@ parsed as YAML: ``inner_lr=0.5``, ``hidden_sizes=[64,64]``, ``first_order=true``
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import math
 import re
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,12 +20,8 @@ import yaml
 
 from maml_rl.errors import ConfigError
 from maml_rl.settings import (
-    ALGORITHMS,
     GROUPS,
-    HVP_METHODS,
-    INNER_OBJECTIVES,
-    NONLINEARITIES,
-    SAMPLERS,
+    MAX_INT,
     AdvantageSettings,
     BatchSettings,
     ClippedSettings,
@@ -35,6 +31,7 @@ from maml_rl.settings import (
     RunSettings,
     SamplerSettings,
     TRPOSettings,
+    field_problem,
 )
 
 G = TypeVar("G")
@@ -45,11 +42,6 @@ pure Python, about 10-25 s for 1 MiB: the limit keeps a mistaken or hostile file
 minutes and gigabytes."""
 MAX_NESTING = 32
 """Deepest nesting of lists and mappings in a config (a config needs 3)."""
-MAX_INT = 2**31 - 1
-"""Largest value of an integer key (a C int: thread counts, sizes, iterations); ``seed``
-takes up to :data:`MAX_SEED`."""
-MAX_SEED = 2**32 - 1
-"""Largest seed: numpy's legacy seeding (and torch's) take 0 <= seed < 2**32."""
 _TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "int": (int,),
@@ -85,15 +77,6 @@ def clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_path_component(name: Any) -> bool:
-    """One folder name: not empty, not '.' or '..', no separator or NUL (so not absolute)."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and not any(c in name for c in "/\\\0")
-    )
-
-
 @dataclass
 class TrainConfig(
     SamplerSettings,
@@ -120,132 +103,20 @@ class TrainConfig(
         """Raise :class:`ConfigError` naming the first bad value; return self.
 
         Every key is first checked against its declared type (booleans must be true or false,
-        not a string such as ``yes-please``; integers are not booleans), then its range.
+        not a string such as ``yes-please``; integers are not booleans), then against the
+        choices, check and range declared with it (:func:`maml_rl.settings.setting`), then the
+        rules between keys (:data:`CROSS_FIELD_RULES`).
         """
         _check_types(self)
-
-        def need(ok: bool, key: str, what: str) -> None:
-            if not ok:
+        for f in dataclasses.fields(self):
+            problem = field_problem(f, getattr(self, f.name))
+            if problem is not None:
+                raise ConfigError(
+                    f"bad value for {f.name!r}: {show(getattr(self, f.name))} ({problem})"
+                )
+        for key, holds, what in CROSS_FIELD_RULES:
+            if not holds(self):
                 raise ConfigError(f"bad value for {key!r}: {show(getattr(self, key))} ({what})")
-
-        for key in (
-            "num_iterations",
-            "meta_batch_size",
-            "episodes_per_task",
-            "cg_iters",
-            "ls_max_steps",
-            "checkpoint_every",
-            "outer_steps",
-        ):
-            value = getattr(self, key)
-            need(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                key,
-                "must be an integer >= 1",
-            )
-        need(
-            isinstance(self.num_inner_steps, int)
-            and not isinstance(self.num_inner_steps, bool)
-            and self.num_inner_steps >= 0,
-            "num_inner_steps",
-            "must be an integer >= 0 (0: multi-task TRPO without adaptation)",
-        )
-        need(isinstance(self.env_id, str) and bool(self.env_id), "env_id", "must be a string")
-        need(isinstance(self.env_kwargs, dict), "env_kwargs", "must be a mapping")
-        need(0 <= self.seed <= MAX_SEED, "seed", f"must be an integer in [0, {MAX_SEED}]")
-        for key in (
-            "inner_lr",
-            "init_std",
-            "max_kl",
-            "ls_backtrack_ratio",
-            "outer_lr",
-            "inner_kl_target",
-        ):
-            value = getattr(self, key)
-            need(
-                isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
-                key,
-                "must be a number > 0",
-            )
-        need(self.ls_backtrack_ratio < 1, "ls_backtrack_ratio", "must be < 1")
-        need(
-            isinstance(self.cg_damping, int | float) and self.cg_damping >= 0,
-            "cg_damping",
-            "must be a number >= 0",
-        )
-        need(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
-        need(0 <= self.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]")
-        need(
-            self.inner_objective in INNER_OBJECTIVES,
-            "inner_objective",
-            f"one of {list(INNER_OBJECTIVES)}",
-        )
-        need(self.nonlinearity in NONLINEARITIES, "nonlinearity", f"one of {list(NONLINEARITIES)}")
-        need(0 < self.cg_subsample <= 1, "cg_subsample", "must be in (0, 1]")
-        need(
-            self.cg_subsample == 1 or self.inner_objective != "dice",
-            "cg_subsample",
-            "must be 1 with inner_objective=dice: its curvature couples an episode's steps",
-        )
-        need(
-            self.num_inner_steps >= 1 or not self.meta_sgd,
-            "meta_sgd",
-            "learns inner step sizes: it needs num_inner_steps >= 1",
-        )
-        need(self.hvp in HVP_METHODS, "hvp", f"one of {list(HVP_METHODS)}")
-        need(self.algorithm in ALGORITHMS, "algorithm", f"one of {list(ALGORITHMS)}")
-        need(0 < self.clip_eps < 1, "clip_eps", "must be in (0, 1)")
-        need(self.inner_kl_coef >= 0, "inner_kl_coef", "must be a number >= 0")
-        need(
-            self.algorithm != "promp" or self.inner_objective == "lvc",
-            "inner_objective",
-            "algorithm=promp adapts with ProMP's LVC inner objective: set inner_objective=lvc",
-        )
-        need(
-            isinstance(self.hidden_sizes, list)
-            and len(self.hidden_sizes) > 0
-            and all(
-                isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_INT
-                for h in self.hidden_sizes
-            ),
-            "hidden_sizes",
-            "must be a non-empty list of positive integers",
-        )
-        need(bool(re.fullmatch(r"cpu|cuda(:\d{1,4})?", self.device)), "device", "cpu or cuda[:N]")
-        for key in ("run_name", "config_name"):
-            value = getattr(self, key)
-            need(
-                (value is None and key == "run_name") or _is_path_component(value),
-                key,
-                "must be one folder name: not empty, not '.' or '..', no '/', '\\' or NUL",
-            )
-        for key in ("max_episode_steps", "num_threads", "torch_threads"):
-            value = getattr(self, key)
-            need(
-                value is None or (isinstance(value, int) and value >= 1),
-                key,
-                "must be null or an integer >= 1",
-            )
-        need(self.sampler in SAMPLERS, "sampler", f"one of {list(SAMPLERS)}")
-        need(
-            isinstance(self.ray_address, str) and bool(self.ray_address),
-            "ray_address",
-            "local, auto or a cluster address",
-        )
-        for key, low in (("num_workers", 1), ("ray_max_retries", 0)):
-            value = getattr(self, key)
-            need(
-                isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                key,
-                f"must be an integer >= {low}",
-            )
-        need(
-            isinstance(self.ray_timeout_s, int | float)
-            and not isinstance(self.ray_timeout_s, bool)
-            and self.ray_timeout_s > 0,
-            "ray_timeout_s",
-            "must be a number > 0",
-        )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,8 +156,26 @@ def _finite(value: float) -> bool:
 
 
 PRESET_DIR = Path(__file__).parent / "presets"
-SETTINGS_SOURCE = Path(__file__).parent / "settings.py"
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+CROSS_FIELD_RULES: tuple[tuple[str, Callable[[TrainConfig], bool], str], ...] = (
+    (
+        "cg_subsample",
+        lambda c: c.cg_subsample == 1 or c.inner_objective != "dice",
+        "must be 1 with inner_objective=dice: its curvature couples an episode's steps",
+    ),
+    (
+        "meta_sgd",
+        lambda c: c.num_inner_steps >= 1 or not c.meta_sgd,
+        "learns inner step sizes: it needs num_inner_steps >= 1",
+    ),
+    (
+        "inner_objective",
+        lambda c: c.algorithm != "promp" or c.inner_objective == "lvc",
+        "algorithm=promp adapts with ProMP's LVC inner objective: set inner_objective=lvc",
+    ),
+)
+"""The rules between keys, checked after every key's own: ``(key named in the error, holds,
+what)``."""
 
 
 class StrictBoolLoader(yaml.SafeLoader):
@@ -377,24 +266,20 @@ def preset_summary(name: str) -> str:
 
 
 def key_docs() -> list[tuple[str, Any, str]]:
-    """``(key, default, first sentence of its docstring)`` for every :class:`TrainConfig` key,
-    group by group, read from the source of :mod:`maml_rl.settings` (no torch import:
-    ``--help`` stays fast)."""
-    tree = ast.parse(Path(SETTINGS_SOURCE).read_text())
-    docs: dict[str, str] = {}
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
-        body = cls.body
-        for node, after in zip(body, [*body[1:], None]):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                text = " ".join(str(after.value.value).split()) if is_doc else ""
-                docs[node.target.id] = re.split(r"\.\s+(?=[A-Z])", text.replace("``", ""))[0]
+    """``(key, default, first sentence of its doc)`` for every :class:`TrainConfig` key, group
+    by group, from the ``doc`` each field declares (:func:`maml_rl.settings.setting`; no torch
+    import: ``--help`` stays fast)."""
     defaults = TrainConfig()
     return [
-        (f.name, getattr(defaults, f.name), docs.get(f.name, ""))
+        (f.name, getattr(defaults, f.name), first_sentence(f.metadata["doc"]))
         for group in GROUPS
         for f in dataclasses.fields(group)
     ]
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a field's doc, without the reST ````code```` marks."""
+    return re.split(r"\.\s+(?=[A-Z])", doc.replace("``", ""))[0]
 
 
 def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:

@@ -68,28 +68,10 @@ from maml_rl.logger import (
 )
 from maml_rl.meta_sgd import learned_step_sizes
 from maml_rl.policy import MLPPolicy
-from maml_rl.settings import PolicySettings
+from maml_rl.settings import RESUMABLE_KEYS, PolicySettings
 from maml_rl.trainer import IterationResult, MAMLTrainer, make_policy, meta_sgd_init
 
 CONFIG_NAME = "config.yaml"
-RESUMABLE_KEYS = frozenset(
-    {
-        "num_iterations",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "progress_bar",
-        "device",
-        "num_threads",
-        "torch_threads",
-        # the sampling back-end gives the same batches, so a run may move on or off a cluster
-        "sampler",
-        "ray_address",
-        "num_workers",
-        "ray_max_retries",
-        "ray_timeout_s",
-    }
-)
-"""The keys :func:`resume` may change."""
 
 
 # -- callbacks ----------------------------------------------------------------------------------
