@@ -49,7 +49,8 @@ class Navigation2DEnv(TaskFamilyEnv, gym.Env):
     ``info["reward_distance"]`` is the only reward term.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+    # trajectory_plot: observations are the 2D position, a task's as_array() its goal
+    metadata: dict[str, Any] = {"render_modes": [], "trajectory_plot": True}  # noqa: RUF012
 
     def __init__(self, low: float = -0.5, high: float = 0.5, task: GoalPosition | None = None):
         self.observation_space, self.action_space = _spaces()

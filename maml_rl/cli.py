@@ -72,15 +72,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             config = methods[0].config
         else:
             raise ValueError("--random-init needs --config NAME (or a run to take the config from)")
-        methods.append(
-            Method(
-                labels[len(runs)] or "random init",
-                "random",
-                "random init",
-                config,
-                policy=random_policy(config),
-            )
-        )
+        untrained = Method(labels[len(runs)] or "random init", "random", "random init", config)
+        untrained.policy = random_policy(config, untrained.family)
+        methods.append(untrained)
     seen: dict[str, int] = {}
     for m in methods:
         seen[m.label] = seen.get(m.label, 0) + 1
@@ -97,7 +91,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             env = c.env_id.split(":")[-1].replace("/", "-")
             output = Path(c.log_dir) / f"{env}__random-init__{c.seed}" / name
     settings = EvalSettings(
-        args.num_tasks, args.num_steps, args.env_steps, args.seed, args.alpha, args.test_tasks
+        args.num_tasks,
+        args.num_steps,
+        args.env_steps,
+        args.seed,
+        args.alpha,
+        args.test_tasks,
+        args.eval_episodes,
     )
     evaluate(
         methods,
@@ -208,6 +208,14 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=4000,
         help="env steps per gradient step; rollouts per task = ceil(env_steps / H) (default 4000)",
+    )
+    p.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=None,
+        help="measure each step on this many separate rollouts per task (Meta-World+'s "
+        "protocol: --env-steps 5000 --eval-episodes 3 adapts on 10 and evaluates on 3); "
+        "default: the rollouts adapted on, as the authors' test scripts",
     )
     p.add_argument("--seed", type=int, default=0, help="test seed (default 0)")
     p.add_argument(

@@ -10,21 +10,30 @@ and the mean undiscounted return of each task's K = ceil(env_steps / H) rollouts
 after 0, 1, ..., ``num_steps`` steps (K = 40 for navigation, H = 100; K = 20 for locomotion,
 H = 200, with the default 4000 env steps per step). The report is the mean over tasks and its
 standard error std / sqrt(N) per step. All tasks adapt at once: one sampler call per step.
+
+Meta-World+'s protocol (McLean et al. 2025: adapt on 10 episodes, evaluate on 3) measures on
+separate rollouts instead: with ``EvalSettings.eval_episodes = E`` the K rollouts of each step
+are only adapted on, and E fresh rollouts per task with the same parameters (their own seeds,
+:func:`evaluation_seed`) give that step's returns and success rates.
+
+Every method's family is resolved once (:attr:`Method.family`) and handed down.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from maml_rl.batch import episode_success
+from maml_rl.batch import EpisodeBatch, episode_success
 from maml_rl.checkpoint import load_checkpoint, resolve_checkpoint
 from maml_rl.config import TrainConfig
 from maml_rl.errors import RunFolderBusy
@@ -48,6 +57,7 @@ from maml_rl.report import (
     write_report,
 )
 from maml_rl.run import policy_from_state
+from maml_rl.sampler import VectorSampler
 from maml_rl.seeding import TEST_STREAM, derive_seed
 from maml_rl.settings import AdvantageSettings, PolicySettings
 from maml_rl.trainer import make_policy
@@ -71,17 +81,24 @@ def rollout_seed(seed: int, step: int) -> int:
     return derive_seed(seed, TEST_STREAM, 1 + step)
 
 
+def evaluation_seed(seed: int, step: int) -> int:
+    """The seed of the separate measurement rollouts after ``step`` steps (``eval_episodes``):
+    a stream of its own, never one of the rollouts adapted on."""
+    return derive_seed(seed, TEST_STREAM, 1 + step, 1)
+
+
 def adapt_and_evaluate(
     policy: MLPPolicy,
     config: TrainConfig,
     tasks: Sequence[Any],
     settings: EvalSettings,
     keep: bool = False,
+    family: TaskFamily | None = None,
 ) -> tuple[np.ndarray, list[float], list[tuple[np.ndarray, np.ndarray]], list[Params]]:
     """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps (see
     :func:`adapt_and_measure`, which also gives the success rates)."""
     returns, _, schedule, rollouts, params = adapt_and_measure(
-        policy, config, tasks, settings, keep
+        policy, config, tasks, settings, keep, family
     )
     return returns, schedule, rollouts, params
 
@@ -92,20 +109,25 @@ def adapt_and_measure(
     tasks: Sequence[Any],
     settings: EvalSettings,
     keep: bool = False,
+    family: TaskFamily | None = None,
 ) -> tuple[
     np.ndarray, np.ndarray | None, list[float], list[tuple[np.ndarray, np.ndarray]], list[Params]
 ]:
     """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps, and, when
-    the env reports ``info["success"]`` (Meta-World), the fraction of each task's K rollouts
+    the env reports ``info["success"]`` (Meta-World), the fraction of each task's rollouts
     that succeeded at some step, ``[num_steps + 1, N]`` (else None).
 
     Each step samples K rollouts per task with the current (per-task) parameters, computes
     advantages as in training (the config's gamma, GAE lambda, normalisation, linear baseline)
     and takes one policy-gradient step with the schedule of :func:`step_sizes` (a Meta-SGD
-    policy: its learned step sizes times schedule_j / inner_lr). With ``keep``
-    also returns the rollouts' observations and masks and the parameters of every step.
+    policy: its learned step sizes times schedule_j / inner_lr). The numbers are those K
+    rollouts' or, with ``settings.eval_episodes``, those of E separate rollouts per task and
+    step (:func:`measure_rollouts`). With ``keep`` also returns the measured rollouts'
+    observations and masks and the parameters of every step. ``family``: the config's, when
+    the caller has resolved it.
     """
-    family = TaskFamily.from_config(config)
+    if family is None:
+        family = TaskFamily.from_config(config)
     k = episodes_per_task(settings.env_steps, family.horizon)
     alpha = settings.alpha if settings.alpha is not None else config.inner_lr
     schedule = step_sizes(alpha, settings.num_steps)
@@ -122,8 +144,11 @@ def adapt_and_measure(
         config.inner_lr,
         config.num_threads,
     )
-    returns = [b.episode_returns.double().mean(dim=1).numpy() for b in run.batches]
-    flags = [episode_success(b) for b in run.batches]
+    batches = run.batches
+    if settings.eval_episodes is not None:
+        batches = measure_rollouts(policy, family, tasks, run.params, settings, config.num_threads)
+    returns = [b.episode_returns.double().mean(dim=1).numpy() for b in batches]
+    flags = [episode_success(b) for b in batches]
     success = (
         None
         if any(f is None for f in flags)
@@ -131,13 +156,39 @@ def adapt_and_measure(
     )
     if not keep:
         return np.stack(returns), success, schedule, [], []
-    rollouts = [(b.observations.numpy(), b.mask.numpy()) for b in run.batches]
+    rollouts = [(b.observations.numpy(), b.mask.numpy()) for b in batches]
     return np.stack(returns), success, schedule, rollouts, run.params
 
 
-def random_policy(config: TrainConfig) -> MLPPolicy:
-    """An untrained policy: the initialisation a run with this config starts from."""
-    family = TaskFamily.from_config(config)
+def measure_rollouts(
+    policy: MLPPolicy,
+    family: TaskFamily,
+    tasks: Sequence[Any],
+    params: Sequence[Params],
+    settings: EvalSettings,
+    num_threads: int | None = None,
+) -> list[EpisodeBatch]:
+    """``settings.eval_episodes`` fresh rollouts per task with each step's parameters
+    ``params[j]`` (seeds :func:`evaluation_seed`), on the CPU in this process: the measured
+    rollouts of Meta-World+'s protocol, none of them adapted on."""
+    assert settings.eval_episodes is not None
+    if any(p.device.type != "cpu" for p in policy.parameters()):
+        policy = copy.deepcopy(policy).cpu()
+    sampler = VectorSampler(family, policy, num_threads)
+    try:
+        return [
+            sampler.sample(tasks, p, settings.eval_episodes, evaluation_seed(settings.seed, j))
+            for j, p in enumerate(params)
+        ]
+    finally:
+        sampler.close()
+
+
+def random_policy(config: TrainConfig, family: TaskFamily | None = None) -> MLPPolicy:
+    """An untrained policy: the initialisation a run with this config starts from
+    (``family``: the config's, when the caller has resolved it)."""
+    if family is None:
+        family = TaskFamily.from_config(config)
     torch.manual_seed(config.seed)
     return make_policy(family, config.part(PolicySettings))
 
@@ -158,6 +209,12 @@ class Method:
     """Oracle only: act with the mean action instead of sampling."""
     iteration: int | None = None
     """The training iteration of the evaluated checkpoint (None: untrained or an oracle)."""
+
+    @cached_property
+    def family(self) -> TaskFamily:
+        """The task family of the method's config, resolved once (methods of one evaluation
+        may differ in, e.g., ``normalize_actions``)."""
+        return TaskFamily.from_config(self.config)
 
 
 DEFAULT_LABELS = {
@@ -208,20 +265,21 @@ def evaluate_method(
     if method.kind == "oracle":
         from maml_rl.comparisons import evaluate_oracle
 
-        family = TaskFamily.from_config(method.config)
+        family = method.family
+        measured = settings.eval_episodes is not None
         returns = evaluate_oracle(
             method.oracle,
             family,
             tasks,
-            episodes_per_task(settings.env_steps, family.horizon),
-            rollout_seed(settings.seed, 0),
+            settings.eval_episodes or episodes_per_task(settings.env_steps, family.horizon),
+            (evaluation_seed if measured else rollout_seed)(settings.seed, 0),
             method.deterministic,
             method.config.num_threads,
         )
         return MethodResult(method.label, method.kind, method.source, returns[None, :])
     assert method.policy is not None
     returns, success, schedule, rollouts, history = adapt_and_measure(
-        method.policy, method.config, tasks, settings, keep
+        method.policy, method.config, tasks, settings, keep, method.family
     )
     return MethodResult(
         method.label,
@@ -260,9 +318,9 @@ def evaluate(
     if not methods:
         raise ValueError("nothing to evaluate")
     settings = (settings or EvalSettings()).validate()
-    family = TaskFamily.from_config(methods[0].config)
+    family = methods[0].family
     for m in methods[1:]:
-        other = TaskFamily.from_config(m.config)
+        other = m.family
         if (other.env_id, other.env_kwargs, other.horizon) != (
             family.env_id,
             family.env_kwargs,
@@ -320,10 +378,9 @@ def _evaluate(
     tasks = family.test_tasks(
         settings.num_tasks, settings.seed, settings.test_tasks, methods[0].config.seed
     )
-    is_navigation = env_id.startswith("MAML/Navigation2D")
+    paths = family.plots_paths
     results = [
-        evaluate_method(m, tasks, settings, keep=(plots and is_navigation) or video)
-        for m in methods
+        evaluate_method(m, tasks, settings, keep=(plots and paths) or video) for m in methods
     ]
     report = EvaluationReport(
         env_id,
@@ -344,7 +401,7 @@ def _evaluate(
                 plot_returns(report, tmp)
             report.files["returns_png"] = out / "returns.png"
             adaptable = [r for r in results if r.rollouts]
-            if is_navigation:
+            if paths:
                 for n, r in enumerate(adaptable):
                     name = "trajectories.png" if n == 0 else f"trajectories_{_slug(r.label)}.png"
                     with atomic_path(out / name) as tmp:
@@ -369,8 +426,7 @@ def _videos(
 
     for method, result in zip(methods, report.results):
         if result.policy is not None:
-            family = TaskFamily.from_config(method.config)
-            written, message = write_videos(report, result, family, out, num_tasks)
+            written, message = write_videos(report, result, method.family, out, num_tasks)
             print(message)
             return {f"video_{p.stem}": p for p in written}
     print("video: skipped, no method that adapts (an oracle alone has nothing to show)")

@@ -315,6 +315,9 @@ class FamilyDescription:
             :class:`~maml_envs.task_family.TaskFamilyEnv`), so tasks are drawn without an env;
             False for a family with a ``sample_tasks`` of its own.
         render_modes: the env's ``metadata["render_modes"]``.
+        plots_paths: the env's ``metadata["trajectory_plot"]`` (default False): observations
+            start with the agent's 2D position and a task's ``as_array()`` is its 2D goal, so
+            the evaluation draws the paths (``trajectories.png``; 2D navigation).
     """
 
     observation_space: gym.Space
@@ -322,6 +325,7 @@ class FamilyDescription:
     task_space: TaskSpace[Any] | None
     samples_from_task_space: bool
     render_modes: tuple[str, ...]
+    plots_paths: bool = False
 
 
 def describe_family(env_id: str, env_kwargs: dict[str, Any]) -> FamilyDescription:
@@ -340,6 +344,7 @@ def describe_family(env_id: str, env_kwargs: dict[str, Any]) -> FamilyDescriptio
             getattr(inner, "task_space", None),
             delegates and hasattr(inner, "task_space"),
             tuple(inner.metadata.get("render_modes", [])),
+            bool(inner.metadata.get("trajectory_plot", False)),
         )
     finally:
         env.close()
@@ -447,6 +452,11 @@ class TaskFamily:
     def render_modes(self) -> tuple[str, ...]:
         """The render modes of the family's env (``rgb_array`` for videos)."""
         return self.description.render_modes
+
+    @property
+    def plots_paths(self) -> bool:
+        """Whether the evaluation draws this family's paths (see :class:`FamilyDescription`)."""
+        return self.description.plots_paths
 
     def action_mapping(self, space: gym.spaces.Space | None = None) -> ActionMapping:
         """Policy actions -> env actions for ``space`` (default: the family's action space)."""

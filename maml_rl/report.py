@@ -38,11 +38,17 @@ class EvalSettings:
     test_tasks: str = "seeded"
     """``seeded``: N tasks drawn from the family with the test seed; ``authors``: the tasks the
     authors' test scripts fix (:mod:`maml_rl.authors_tasks`; the seed still drives rollouts)."""
+    eval_episodes: int | None = None
+    """None: each step's numbers are those of the K rollouts adapted on (the authors'
+    protocol); E: those of E separate rollouts per task with the same parameters (Meta-World+'s
+    protocol: adapt on K = 10, evaluate on E = 3)."""
 
     def validate(self) -> EvalSettings:
         for key in ("num_tasks", "env_steps"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.eval_episodes is not None and int(self.eval_episodes) < 1:
+            raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
         if self.num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
         if self.seed < 0:
@@ -121,6 +127,8 @@ class EvaluationReport:
             "env_steps_per_step": s.env_steps,
             "horizon": self.horizon,
             "episodes_per_task": self.episodes_per_task,
+            # absent: measured on the rollouts adapted on (the files of earlier versions)
+            **({} if s.eval_episodes is None else {"eval_episodes": s.eval_episodes}),
             "seed": s.seed,
             "test_tasks": s.test_tasks,
             "tasks": [np.asarray(t.as_array()).tolist() for t in self.tasks],
@@ -170,10 +178,17 @@ def format_table(report: EvaluationReport) -> str:
             for c, (cell, w) in enumerate(zip(row, widths))
         )
 
-    tasks = "the authors' " if report.settings.test_tasks == "authors" else ""
+    s = report.settings
+    tasks = "the authors' " if s.test_tasks == "authors" else ""
+    rollouts = (
+        f"{report.episodes_per_task} rollouts per task and step"
+        if s.eval_episodes is None
+        else f"adapted on {report.episodes_per_task} rollouts per task and step, measured on "
+        f"{s.eval_episodes} others"
+    )
     title = (
-        f"{report.env_id}: mean return ± s.e. over {tasks}{report.settings.num_tasks} test tasks "
-        f"(seed {report.settings.seed}, {report.episodes_per_task} rollouts per task and step)"
+        f"{report.env_id}: mean return ± s.e. over {tasks}{s.num_tasks} test tasks "
+        f"(seed {s.seed}, {rollouts})"
     )
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
 

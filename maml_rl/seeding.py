@@ -10,6 +10,7 @@ A derived seed is ``SeedSequence([seed, *entropy])``'s first 32-bit word. The pu
 ``derive_seed(seed, n, ORACLE_TASKS)`` the task stream of the oracle's n-th PPO env
 ``derive_seed(seed, TEST_STREAM)`` the evaluation's test tasks (its own test seed)
 ``derive_seed(seed, TEST_STREAM, 1 + j)`` the evaluation rollouts after j steps
+``derive_seed(seed, TEST_STREAM, 1 + j, 1)`` the separate measured rollouts after j steps
 ================================  ==========================================================
 
 Inside one sampler call, :func:`task_seeds` splits a batch seed into per-task seeds, so a task's

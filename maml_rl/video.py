@@ -163,10 +163,11 @@ def write_videos(
     """
     import imageio.v3 as iio
 
-    if report.env_id.startswith("MAML/Navigation2D"):
-        return [], "video: skipped, 2D navigation has no MuJoCo scene (see trajectories.png)"
     if "rgb_array" not in family.render_modes:
-        return [], f"video: skipped, {report.env_id} renders no frames (no rgb_array render mode)"
+        where = " (its paths are in trajectories.png)" if family.plots_paths else ""
+        return [], (
+            f"video: skipped, {report.env_id} renders no frames (no rgb_array render mode){where}"
+        )
     if result.policy is None or not result.params:
         return [], f"video: skipped, {result.label} has no adapted parameters to replay"
     try:

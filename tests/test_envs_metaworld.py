@@ -257,6 +257,10 @@ def test_evaluation_reports_success_on_the_held_out_goals_of_the_runs_benchmark(
     report = EvaluationReport(config.env_id, settings, 12, 2, tasks, [result])
     assert "MAML: success" in format_table(report)
     assert len(report.to_dict()["methods"][0]["success_mean"]) == 2
+    measured = EvalSettings(num_tasks=2, num_steps=1, env_steps=24, eval_episodes=3)
+    result = evaluate_method(method, tasks, measured)  # Meta-World+: adapt on 2, measure on 3
+    thirds = result.success * 3
+    assert result.success.shape == (2, 2) and np.allclose(thirds, np.round(thirds))
 
 
 def test_training_logs_the_success_rates_before_and_after_adaptation(tmp_path):

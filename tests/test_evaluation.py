@@ -26,6 +26,7 @@ from maml_rl.evaluation import (
     adapt_and_evaluate,
     episodes_per_task,
     evaluate,
+    evaluation_seed,
     format_table,
     load_method,
     random_policy,
@@ -124,6 +125,63 @@ def test_adapted_params_follow_alpha_then_half_alpha(run_dir):
                 expected = p.detach() - lr * g
                 assert torch.allclose(history[j + 1][name][i], expected, atol=1e-5), (j, name)
     sampler.close()
+
+
+def test_eval_episodes_measure_on_separate_rollouts_with_the_adapted_params(run_dir):
+    """Meta-World+'s protocol: adapt on K rollouts, report E fresh ones per task and step,
+    sampled (with their own seeds) with exactly the parameters the K-rollout run adapted to."""
+    method = load_method(run_dir)
+    config = method.config
+    plain = EvalSettings(num_tasks=3, num_steps=2, env_steps=200, seed=2)
+    measured = EvalSettings(num_tasks=3, num_steps=2, env_steps=200, seed=2, eval_episodes=3)
+    tasks = sample_test_tasks(config, 3, 2)
+    r_plain, _, _, h_plain = adapt_and_evaluate(method.policy, config, tasks, plain, True)
+    r_meas, _, rollouts, h_meas = adapt_and_evaluate(method.policy, config, tasks, measured, True)
+    for a, b in zip(h_plain, h_meas):  # the adaptation itself is unchanged
+        assert all(torch.equal(a[name], b[name]) for name in a)
+    assert [obs.shape[2] for obs, _ in rollouts] == [3, 3, 3]
+    sampler = VectorSampler(TaskFamily.from_config(config), method.policy)
+    for j in range(3):
+        batch = sampler.sample(tasks, h_meas[j], 3, evaluation_seed(2, j))
+        expected = batch.episode_returns.double().mean(dim=1).numpy()
+        assert np.array_equal(r_meas[j], expected), j
+    sampler.close()
+    assert not np.array_equal(r_meas, r_plain)  # other rollouts, other numbers
+    assert evaluation_seed(2, 0) != derive_seed(2, 2**31 - 1, 1)
+    with pytest.raises(ValueError, match="eval_episodes must be >= 1"):
+        EvalSettings(eval_episodes=0).validate()
+
+
+def test_eval_episodes_reach_the_table_json_and_cli(run_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["evaluate", str(run_dir), "--num-tasks", "2", "--num-steps", "1"]
+    assert main([*argv, "--env-steps", "300", "--eval-episodes", "2", "-o", str(out)]) == 0
+    title = "adapted on 3 rollouts per task and step, measured on 2 others"
+    assert title in capsys.readouterr().out
+    data = json.loads((out / "returns.json").read_text())
+    assert data["eval_episodes"] == 2 and data["episodes_per_task"] == 3
+
+
+def test_each_method_family_is_resolved_once(run_dir, tmp_path, monkeypatch):
+    calls = []
+    original = TaskFamily.from_config.__func__
+
+    def counting(cls, config):
+        calls.append(config.env_id)
+        return original(cls, config)
+
+    monkeypatch.setattr(TaskFamily, "from_config", classmethod(counting))
+    methods = [load_method(run_dir), load_method(run_dir, "again")]
+    calls.clear()
+    settings = EvalSettings(num_tasks=2, num_steps=1, env_steps=200, seed=1)
+    evaluate(methods, settings, tmp_path / "once", plots=True, stdout=False)
+    assert len(calls) == 2  # one per method, whatever evaluation does with it
+
+
+def test_path_plots_are_declared_by_the_family_not_by_its_id():
+    nav = TaskFamily.make("MAML/Navigation2D-v0")
+    cheetah = TaskFamily.make("MAML/HalfCheetahVel-rllab-v0")
+    assert nav.plots_paths and not cheetah.plots_paths
 
 
 def test_test_tasks_are_fixed_and_disjoint_from_training(run_dir):
