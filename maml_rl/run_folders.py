@@ -33,6 +33,8 @@ from maml_rl.files import LOCK_NAME, TEMPORARY_PATTERNS, lock_run_folder, remove
 from maml_rl.logger import ITERATION_KEY, PROGRESS_CSV, logged_iterations, read_progress
 
 CONFIG_NAME = "config.yaml"
+PPO_ITERATION_KEY = "time/iterations"
+"""The iteration column of stable-baselines3's ``progress.csv`` (an oracle's log)."""
 RANDOM_INIT_KIND = "random-init"
 """The kind in the folder name of an evaluation of untrained policies (no run to put it in)."""
 
@@ -145,7 +147,9 @@ def check_new_run_folder(run_dir: Path) -> None:
 
 
 def _ours(path: Path) -> bool:
-    """Whether ``path`` is a file a run of ours that logged no iteration leaves."""
+    """Whether ``path`` is a file a run of ours that logged no iteration leaves (an oracle's
+    PPO log counts as none: without ``oracle.zip`` there is nothing to keep, as
+    :func:`remove_unused_run_folder` judges it too)."""
     name = path.name
     if name == LOCK_NAME or name.startswith("events.out.tfevents."):
         return path.is_file()
@@ -158,7 +162,7 @@ def _ours(path: Path) -> bool:
             header = read_progress(path)[0]
         except Exception:
             return False
-        return not header or ITERATION_KEY in header
+        return not header or ITERATION_KEY in header or PPO_ITERATION_KEY in header
     if name == CONFIG_NAME:
         try:
             values = yaml.safe_load(path.read_text())

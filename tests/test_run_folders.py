@@ -127,6 +127,9 @@ def test_a_start_failing_in_its_first_step_leaves_no_folder(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="boom"):
         _start(command, tmp_path / "made", _config())
     assert (tmp_path / "made").is_dir()
+    if command == "oracle":  # no oracle.zip, nothing to resume: it starts again there
+        monkeypatch.undo()
+        assert (_start(command, tmp_path / "made", _config()) / "oracle.zip").is_file()
 
 
 _HOLD = """
