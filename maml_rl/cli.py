@@ -87,9 +87,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         if runs:
             output = _folder(runs[0]) / name
         else:
-            c = methods[0].config
-            env = c.env_id.split(":")[-1].replace("/", "-")
-            output = Path(c.log_dir) / f"{env}__random-init__{c.seed}" / name
+            from maml_rl.run_folders import random_init_folder
+
+            output = random_init_folder(methods[0].config) / name
     settings = EvalSettings(
         args.num_tasks,
         args.num_steps,

@@ -13,7 +13,10 @@
 
 A baseline run folder holds ``config.yaml`` (the family's :class:`TrainConfig`) and
 ``baseline.yaml`` (``kind`` and the training budget); ``load_method`` in
-:mod:`maml_rl.evaluation` reads both.
+:mod:`maml_rl.evaluation` reads both. Both kinds are named and held as every run folder is
+(:mod:`maml_rl.run_folders`: ``<env>__<kind>__<seed>__<time>`` inside ``log_dir``; refused
+unless new or only ours, locked, removed again when the start fails before anything worth
+keeping is written).
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ import yaml
 from maml_rl.config import TrainConfig, from_dict
 from maml_rl.errors import CheckpointError
 from maml_rl.family import TaskFamily
-from maml_rl.files import atomic_write, atomic_write_text, lock_run_folder
-from maml_rl.run import CONFIG_NAME, remove_unused_run_folder, run_folder, train
+from maml_rl.files import atomic_write, atomic_write_text
+from maml_rl.run import TrainingCallback, train
+from maml_rl.run_folders import CONFIG_NAME, locked_run_folder, run_folder
 from maml_rl.sampler import run_episodes
 from maml_rl.seeding import ORACLE_TASKS, derive_seed, episode_seeds, task_seeds
+from maml_rl.trainer import MAMLTrainer
 
 MARKER_NAME = "baseline.yaml"
 """The file that marks a comparison run folder (its kind and budget)."""
@@ -60,10 +65,6 @@ def run_kind(path: str | Path) -> str:
     if config.is_file() and (yaml.safe_load(config.read_text()) or {}).get("num_inner_steps") == 0:
         return "pretrained"
     return "maml"
-
-
-def _run_dir(config: TrainConfig, kind: str, run_dir: str | Path | None) -> Path:
-    return run_folder(config, kind, run_dir)  # named where training runs are, inside log_dir
 
 
 def _write_marker(run_dir: Path, kind: str, **details: Any) -> None:
@@ -88,16 +89,29 @@ def train_pretrained(
 ) -> Path:
     """Multi-task TRPO (``num_inner_steps=0``) on the family; returns the run folder.
 
-    ``timesteps`` (optional) sets ``num_iterations`` from an env-step budget.
+    ``timesteps`` (optional) sets ``num_iterations`` from an env-step budget. A training run
+    (:func:`~maml_rl.run.train`) whose ``baseline.yaml`` is written when it completes.
     """
     changes: dict[str, Any] = {"num_inner_steps": 0}
     if timesteps is not None:
         changes["num_iterations"] = pretrained_iterations(config, timesteps)
     config = dataclasses.replace(config, **changes).validate()
-    folder = _run_dir(config, "pretrained", run_dir)
-    folder = train(config, folder, stdout=stdout)
-    _write_marker(folder, "pretrained", num_iterations=config.num_iterations)
-    return folder
+    folder = run_folder(config, "pretrained", run_dir)
+    marker = _MarkWhenComplete(folder, "pretrained", num_iterations=config.num_iterations)
+    return train(config, folder, stdout=stdout, callbacks=[marker])
+
+
+class _MarkWhenComplete(TrainingCallback):
+    """Writes the folder's ``baseline.yaml`` when the training completes, while the folder is
+    still locked (after the final checkpoint); a run that stops early gets none, so the
+    lifecycle can remove a folder that logged nothing."""
+
+    def __init__(self, folder: Path, kind: str, **details: Any) -> None:
+        self.folder, self.kind, self.details = folder, kind, details
+
+    def on_stop(self, trainer: MAMLTrainer, error: BaseException | None) -> None:
+        if error is None:
+            _write_marker(self.folder, self.kind, **self.details)
 
 
 # -- oracle --------------------------------------------------------------------------------------
@@ -176,7 +190,10 @@ def train_oracle(
     gamma and hidden sizes (tanh, separate policy and value networks), ``n_envs`` environments
     and ``n_steps = min(2048, timesteps // n_envs)`` per rollout; ``ppo_kwargs`` override any
     PPO argument but the policy, env, seed, device and logging (``policy_kwargs`` is merged).
-    SB3's logger writes ``progress.csv`` and TensorBoard events into the folder.
+    SB3's logger writes ``progress.csv`` and TensorBoard events into the folder, held for the
+    whole call by :func:`~maml_rl.run_folders.locked_run_folder` (a folder that already holds
+    an oracle is refused first, by name); one the call created is removed again unless
+    ``oracle.zip`` was written.
     """
     from stable_baselines3 import PPO
 
@@ -189,16 +206,11 @@ def train_oracle(
         raise ValueError(
             f"{unknown} cannot be set on the oracle's PPO; settable: {sorted(settable)}"
         )
-    folder = _run_dir(config, "oracle", run_dir)
+    folder = run_folder(config, "oracle", run_dir)
     if (folder / ORACLE_MODEL).exists():
         raise FileExistsError(f"{folder} already holds an oracle")
-    created = not folder.exists()
-    try:
-        with lock_run_folder(folder):
-            _fit_oracle(config, folder, timesteps, n_envs, stdout, extra, policy_kwargs)
-    finally:
-        if created and not (folder / ORACLE_MODEL).exists():
-            remove_unused_run_folder(folder)  # a failed or interrupted start: nothing to evaluate
+    with locked_run_folder(folder, new=True):  # a failed or interrupted start leaves no folder
+        _fit_oracle(config, folder, timesteps, n_envs, stdout, extra, policy_kwargs)
     return folder
 
 

@@ -2,9 +2,10 @@
 
 A run folder holds ``config.yaml``, ``checkpoint.pt`` (and ``checkpoints/`` with
 ``keep_checkpoints``), ``progress.csv`` and TensorBoard events. :func:`train` starts a run in a
-new folder and :func:`resume` continues one; both lock the folder for the whole call
-(:func:`maml_rl.files.lock_run_folder`: a second training into it raises
-:class:`~maml_rl.errors.RunFolderBusy`), remove temporaries a kill left behind, and hand a
+new folder and :func:`resume` continues one; both hold the folder for the whole call through
+the one lifecycle of :func:`maml_rl.run_folders.locked_run_folder` (a fresh run's folder checked
+first, a lock: a second training into it raises :class:`~maml_rl.errors.RunFolderBusy`,
+temporaries a kill left behind removed), and hand a
 :class:`~maml_rl.trainer.MAMLTrainer` to :func:`run_loop`, a short loop in the manner of
 stable-baselines3's ``learn``: one :meth:`~maml_rl.trainer.MAMLTrainer.advance` per iteration,
 everything else in callbacks (:class:`LogCallback`, :class:`ProgressBarCallback`,
@@ -17,13 +18,13 @@ and a second signal during it is only recorded: it cannot cancel the checkpoint.
 call created is removed again when the run stops before logging its first iteration; a folder
 with logged iterations is never removed.
 
-A new run's folder (:func:`run_folder`) stays inside ``log_dir``, and a fresh run never writes
-into a folder that holds anything but a run of ours that logged no iteration.
+A new run's folder (:func:`maml_rl.run_folders.run_folder`, the one naming) stays inside
+``log_dir``, and a fresh run never writes into a folder that holds anything but a run of ours
+that logged no iteration.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import signal
@@ -31,7 +32,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,30 +48,19 @@ from maml_rl.checkpoint import (
 from maml_rl.config import TrainConfig, from_dict
 from maml_rl.errors import ConfigError
 from maml_rl.family import TaskFamily
-from maml_rl.files import (
-    LOCK_NAME,
-    TEMPORARY_PATTERNS,
-    atomic_write_text,
-    check_not_busy,
-    lock_run_folder,
-    remove_stale_temporaries,
-)
+from maml_rl.files import atomic_write_text, check_not_busy
 from maml_rl.logger import (
     ITERATION_KEY,
-    PROGRESS_CSV,
     discard_stdout,
     log_config,
-    logged_iterations,
     make_logger,
-    read_progress,
     truncate_progress,
 )
 from maml_rl.meta_sgd import learned_step_sizes
 from maml_rl.policy import MLPPolicy
+from maml_rl.run_folders import CONFIG_NAME, locked_run_folder, run_folder
 from maml_rl.settings import RESUMABLE_KEYS, PolicySettings
 from maml_rl.trainer import IterationResult, MAMLTrainer, make_policy, meta_sgd_init
-
-CONFIG_NAME = "config.yaml"
 
 
 # -- callbacks ----------------------------------------------------------------------------------
@@ -391,102 +380,6 @@ STOP_SIGNALS = _StopSignals()
 Callbacks = Sequence[TrainingCallback | IterationFunction]
 
 
-def default_run_name(config: TrainConfig, kind: str | None = None) -> str:
-    """``<env>__<kind>__<seed>__<time>``; ``kind`` defaults to the config's ``config_name``."""
-    env = config.env_id.split(":")[-1].replace("/", "-")
-    kind = config.config_name if kind is None else kind
-    return f"{env}__{kind}__{config.seed}__{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def run_folder(
-    config: TrainConfig, kind: str | None = None, run_dir: str | Path | None = None
-) -> Path:
-    """The folder of a new run, named in this one place: ``run_dir`` when given, else
-    ``log_dir/run_name``, else ``log_dir/<env>__<kind>__<seed>__<time>`` (``-2``, ``-3``, ...
-    when that exists: two runs started in one second). ``run_name`` and the generated name must
-    resolve to a folder inside ``log_dir`` (:class:`~maml_rl.errors.ConfigError` otherwise)."""
-    if run_dir:
-        return Path(run_dir)
-    log_dir = Path(config.log_dir)
-    if config.run_name:
-        return _inside_log_dir(log_dir, str(config.run_name), "run_name")
-    name = default_run_name(config) if kind is None else default_run_name(config, kind)
-    folder = _inside_log_dir(log_dir, name, "config_name")
-    for i in itertools.count(2):
-        if not folder.exists():
-            break
-        folder = log_dir / f"{name}-{i}"
-    return folder
-
-
-def _inside_log_dir(log_dir: Path, name: str, key: str) -> Path:
-    folder = log_dir / name
-    root, target = log_dir.resolve(), folder.resolve()
-    if root not in target.parents:
-        raise ConfigError(
-            f"{key}={name!r} must name a folder inside log_dir ({log_dir}), but the run folder "
-            f"would be {target}; give a plain name, or set log_dir"
-        )
-    return folder
-
-
-def check_new_run_folder(run_dir: Path) -> None:
-    """Refuse to start a fresh run in ``run_dir`` unless it is missing, empty, or holds only the
-    files of a run of ours that logged no iteration (a start that failed or was killed early):
-    never overwrite a user's files, a run, or logged iterations."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise FileExistsError(f"{run_dir} exists and is not a folder; choose another run folder")
-    if (run_dir / CHECKPOINT_NAME).exists():
-        raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir}")
-    logged = _logged_rows(run_dir)
-    if logged:
-        raise FileExistsError(
-            f"{run_dir} holds {logged} logged iteration(s) in {PROGRESS_CSV} but no "
-            f"{CHECKPOINT_NAME} (stopped before its first checkpoint): move or remove it to start "
-            "afresh there, or choose another run_name"
-        )
-    foreign = sorted(p.name for p in run_dir.iterdir() if not _ours(p))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise FileExistsError(
-            f"{run_dir} is not empty and not a maml-rl run (it holds {shown}); a fresh run goes "
-            "into a new or empty folder: choose another run_name or log_dir"
-        )
-
-
-def _ours(path: Path) -> bool:
-    """Whether ``path`` is a file a run of ours that logged no iteration leaves."""
-    name = path.name
-    if name == LOCK_NAME or name.startswith("events.out.tfevents."):
-        return path.is_file()
-    if any(path.match(pattern) for pattern in TEMPORARY_PATTERNS if "/" not in pattern):
-        return path.is_file()
-    if name == "checkpoints":
-        return path.is_dir() and not any(path.iterdir())
-    if name == PROGRESS_CSV:
-        try:
-            header = read_progress(path)[0]
-        except Exception:
-            return False
-        return not header or ITERATION_KEY in header
-    if name == CONFIG_NAME:
-        try:
-            values = yaml.safe_load(path.read_text())
-            return isinstance(values, dict) and "env_id" in values and bool(from_dict(values))
-        except Exception:
-            return False
-    return False
-
-
-def _logged_rows(run_dir: Path) -> int:
-    try:
-        return logged_iterations(run_dir / PROGRESS_CSV)
-    except Exception:
-        return 1  # unreadable: treat as logged, never ours to overwrite or delete
-
-
 def _write_config(run_dir: Path, config: TrainConfig) -> None:
     atomic_write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=True))
 
@@ -503,15 +396,13 @@ def train(
     iteration) run after the logging ones. A folder that holds anything but a run of ours with
     no logged iteration is refused (``FileExistsError``) before any file is written in it."""
     folder = run_folder(config, run_dir=run_dir)
-    check_new_run_folder(folder)
 
     def start() -> tuple[MAMLTrainer, bool]:
-        check_new_run_folder(folder)  # again, now that the folder is locked
         trainer = MAMLTrainer(config)
         _write_config(folder, config)
         return trainer, False
 
-    return _in_locked_folder(folder, start, stdout, callbacks)
+    return _in_locked_folder(folder, start, stdout, callbacks, new=True)
 
 
 def resume(
@@ -572,7 +463,7 @@ def resume(
         _write_config(run_dir, config)
         return trainer, True
 
-    return _in_locked_folder(run_dir, restart, stdout, callbacks)
+    return _in_locked_folder(run_dir, restart, stdout, callbacks, new=False)
 
 
 def _in_locked_folder(
@@ -580,35 +471,33 @@ def _in_locked_folder(
     make_trainer: Callable[[], tuple[MAMLTrainer, bool] | None],
     stdout: bool,
     callbacks: Callbacks,
+    *,
+    new: bool,
 ) -> Path:
-    """Lock ``run_dir``, build the trainer (``make_trainer`` returns it and whether the run is
-    resumed, or None: nothing to do) and run the loop with stop signals handled; callbacks in
-    order: the log, the caller's, the progress bar, the checkpoints."""
-    created = not run_dir.exists()
-    try:
-        with lock_run_folder(run_dir):
-            remove_stale_temporaries(run_dir)
-            installed = STOP_SIGNALS.install()
+    """Hold ``run_dir`` (:func:`~maml_rl.run_folders.locked_run_folder`: checked when ``new``,
+    locked, removed again if this call created it and no iteration was logged), build the
+    trainer (``make_trainer`` returns it and whether the run is resumed, or None: nothing to do)
+    and run the loop with stop signals handled; callbacks in order: the log, the caller's, the
+    progress bar, the checkpoints."""
+    with locked_run_folder(run_dir, new=new) as created:
+        installed = STOP_SIGNALS.install()
+        try:
             try:
-                try:
-                    made = make_trainer()
-                except KeyboardInterrupt as err:
-                    _say(f"\n{_stop_reason(err)} before training started: nothing new to save")
-                    raise
-                if made is None:
-                    return run_dir
-                trainer, resumed = made
-                try:
-                    _run(trainer, run_dir, resumed, created, stdout, callbacks)
-                finally:
-                    trainer.close()
+                made = make_trainer()
+            except KeyboardInterrupt as err:
+                _say(f"\n{_stop_reason(err)} before training started: nothing new to save")
+                raise
+            if made is None:
+                return run_dir
+            trainer, resumed = made
+            try:
+                _run(trainer, run_dir, resumed, created, stdout, callbacks)
             finally:
-                if installed:
-                    STOP_SIGNALS.restore()
-            return run_dir
-    finally:
-        if created:
-            remove_unused_run_folder(run_dir)
+                trainer.close()
+        finally:
+            if installed:
+                STOP_SIGNALS.restore()
+    return run_dir
 
 
 def _run(
@@ -659,35 +548,6 @@ def _run(
     )
 
 
-_RUN_FILES = ("checkpoint.pt", CONFIG_NAME, "progress.csv", "events.out.tfevents.*")
-
-
-def remove_unused_run_folder(run_dir: Path) -> None:
-    """Delete a run folder that holds no completed iteration: only this package's own files
-    (lock, config, empty log, iteration-0 checkpoint); anything else keeps the folder, and so do
-    logged iterations (rows in ``progress.csv``, a checkpoint past iteration 0)."""
-    if not run_dir.is_dir():
-        return
-    if (run_dir / CHECKPOINT_NAME).is_file() and _iteration_of(run_dir) > 0:
-        return
-    if _logged_rows(run_dir):
-        return
-    ours = [p for pattern in _RUN_FILES for p in run_dir.glob(pattern)]
-    others = set(run_dir.iterdir()) - set(ours) - {run_dir / LOCK_NAME}
-    if others:
-        return
-    for path in [*ours, run_dir / LOCK_NAME]:
-        path.unlink(missing_ok=True)
-    run_dir.rmdir()
-
-
-def _iteration_of(run_dir: Path) -> int:
-    try:
-        return int(load_checkpoint(run_dir)["iteration"])
-    except Exception:
-        return 1  # unreadable: not ours to delete
-
-
 # -- results ------------------------------------------------------------------------------------
 def load_policy(path: str | Path) -> tuple[MLPPolicy, TrainConfig]:
     """The trained policy and config of a run folder or checkpoint file."""
@@ -708,7 +568,6 @@ __all__: Sequence[str] = [
     "TrainingCallback",
     "load_policy",
     "resume",
-    "run_folder",
     "run_loop",
     "train",
 ]

@@ -21,6 +21,7 @@ from maml_rl.config import TrainConfig
 from maml_rl.errors import ConfigError
 from maml_rl.logger import read_progress
 from maml_rl.run import resume, train
+from maml_rl.run_folders import remove_unused_run_folder
 from tests.conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def test_a_folder_with_logged_iterations_is_never_removed(tmp_path):
     folder = tmp_path / "r"
     folder.mkdir()
     (folder / "progress.csv").write_text(f"{IT},a\n1,10\n")
-    run_module.remove_unused_run_folder(folder)
+    remove_unused_run_folder(folder)
     assert (folder / "progress.csv").is_file()
 
 

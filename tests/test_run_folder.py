@@ -250,9 +250,9 @@ def test_training_stops_with_a_checkpoint_when_rewards_are_unusable(
 
 
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
-    from maml_rl import run
+    from maml_rl import run, run_folders
 
-    monkeypatch.setattr(run, "default_run_name", lambda config, kind=None: "same-second")
+    monkeypatch.setattr(run_folders, "default_run_name", lambda config, kind=None: "same-second")
     config = _config(num_iterations=1, log_dir=str(tmp_path))
     first = run.train(config, stdout=False)
     second = run.train(config, stdout=False)
