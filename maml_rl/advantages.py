@@ -80,11 +80,11 @@ def fit_linear_baseline(
     baseline. Returns the weights ``[M, F]``.
 
     The normal equations are formed for all tasks at once (:func:`normal_equations`), but
-    solved one task at a time:
-    torch's batched LU solve (MKL) fails on every call once ``torch.set_num_threads`` has
-    changed the thread count (as the sampler does around each rollout) for F = 254 (the rllab
-    ant's features); measured in tests/test_advantages.py. Per task it is robust, and for the
-    smaller systems of the other families bit-identical to the batched solve.
+    solved one task at a time: torch's batched LU solve (MKL) failed on every call for F = 254
+    (the rllab ant's features) once ``torch.set_num_threads`` had changed the thread count,
+    which any code in the process may do (tests/test_advantages.py). Per task it is robust,
+    for the smaller systems of the other families bit-identical to the batched solve, and the
+    solve every recorded run used.
     """
     xtx, xty = normal_equations(features, returns)
     eye = torch.eye(xtx.shape[-1], dtype=xtx.dtype, device=xtx.device)

@@ -104,7 +104,7 @@ def test_normalize_per_task_uses_std_over_valid_steps():
 def test_linear_baseline_survives_a_change_of_torch_threads_at_ant_size():
     """254 features (the rllab ant's 125-d observations), 40 tasks: torch's batched LU solve
     raised "Pivots given to lu_solve must all be greater or equal to 1" on every call after
-    set_num_threads(1) and back, as the sampler does around each rollout."""
+    set_num_threads(1) and back (which any code in the process may do)."""
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(20, 40, 10, 254, generator=gen, dtype=D)
     returns = torch.randn(20, 40, 10, generator=gen, dtype=D)

@@ -156,3 +156,60 @@ def test_unnormalize_is_exact_clipping_for_unit_bounds():
         rtol=1e-6,
         atol=1e-7,
     )
+
+
+def test_forwards_run_single_threaded_and_the_callers_threads_never_change(monkeypatch):
+    """The policy forward of every step runs with one torch thread, without autograd, on the
+    forward thread; the sampling thread's torch thread count is never touched."""
+    policy, sampler, tasks = _setup()
+    sampler.sample(tasks, policy.params(), episodes_per_task=1, seed=0)  # the thread exists
+    seen = []
+    forward = policy.forward
+
+    def probe(*args, **kwargs):
+        seen.append((torch.get_num_threads(), torch.is_grad_enabled()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(policy, "forward", probe)
+    set_calls = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: set_calls.append(n) or real_set(n))
+    before = torch.get_num_threads()
+    real_set(2)
+    try:
+        sampler.sample(tasks, policy.params(), episodes_per_task=2, seed=1)
+        assert torch.get_num_threads() == 2  # the caller's count, as it set it
+    finally:
+        real_set(before)
+    assert seen and set(seen) == {(1, False)}
+    assert set_calls == []  # the forward thread set its own count once, when it started
+
+
+def test_starting_the_forward_thread_changes_no_other_threads_count():
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, torch\n"
+        "from maml_rl.forward_thread import on_forward_thread\n"
+        "torch.set_num_threads(2)\n"
+        "worker = on_forward_thread(torch.get_num_threads)()\n"
+        "later = []\n"
+        "t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))\n"
+        "t.start(); t.join()\n"
+        "print(worker, torch.get_num_threads(), later[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "2", "2"]  # forward thread, caller, a thread made later
+
+
+def test_a_forward_that_raises_reaches_the_caller(monkeypatch):
+    policy, sampler, tasks = _setup()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("forward failed")
+
+    monkeypatch.setattr(policy, "forward", broken)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        sampler.sample(tasks, policy.params(), episodes_per_task=2, seed=1)
