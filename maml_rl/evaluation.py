@@ -46,7 +46,7 @@ from maml_rl.files import (
     remove_stale_output_temporaries,
 )
 from maml_rl.inner_loop import fine_tune, step_sizes
-from maml_rl.meta_optimizers import meta_optimizer_spec
+from maml_rl.labels import DEFAULT_LABELS, maml_variant_label
 from maml_rl.policy import MLPPolicy, Params
 from maml_rl.report import (
     RESULT_FILES,
@@ -217,14 +217,6 @@ class Method:
         return TaskFamily.from_config(self.config)
 
 
-DEFAULT_LABELS = {
-    "maml": "MAML",
-    "pretrained": "pretrained",
-    "random": "random init",
-    "oracle": "oracle",
-}
-
-
 def load_method(path: str | Path, label: str | None = None) -> Method:
     """A run folder or checkpoint: MAML or pretrained policy, or an oracle run folder."""
     from maml_rl.comparisons import load_oracle, run_kind
@@ -239,23 +231,6 @@ def load_method(path: str | Path, label: str | None = None) -> Method:
     iteration = int(state["iteration"])
     default = maml_variant_label(config) if kind == "maml" else DEFAULT_LABELS[kind]
     return Method(label or default, kind, str(path), config, policy=policy, iteration=iteration)
-
-
-def maml_variant_label(config: TrainConfig) -> str:
-    """A meta-trained run's default legend name from its settings: ``MAML`` for the paper's
-    MAML-TRPO, else the variant (``ProMP``, ``MAML-PPO``, ``first-order MAML``, ``MAML + DiCE``,
-    ``Meta-SGD``, combined as set)."""
-    spec = meta_optimizer_spec(config.algorithm)
-    name = spec.label
-    if config.first_order:
-        name = f"first-order {name}"
-    if config.inner_objective == "dice":
-        name = f"{name} + DiCE"
-    elif config.inner_objective == "lvc" and spec.inner_objective != "lvc":
-        name = f"{name} + LVC"
-    if config.meta_sgd:
-        name = f"Meta-SGD ({name})" if name != "MAML" else "Meta-SGD"
-    return name
 
 
 def evaluate_method(

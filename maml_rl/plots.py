@@ -129,7 +129,7 @@ def run_label(run_dir: str | Path) -> str:
 
     from maml_rl.comparisons import run_kind
     from maml_rl.config import from_dict
-    from maml_rl.evaluation import DEFAULT_LABELS, maml_variant_label
+    from maml_rl.labels import DEFAULT_LABELS, maml_variant_label
 
     run = Path(run_dir)
     try:

@@ -369,6 +369,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
         "halfcheetah-dir",
         "halfcheetah-vel-rllab",
         "halfcheetah-dir-rllab",
+        "ant-vel-rllab",
     ],
 )
 def test_committed_policy_reaches_its_recorded_return(name):
@@ -404,6 +405,6 @@ def test_committed_policy_reaches_its_recorded_return(name):
 )
 def test_a_runs_default_label_names_its_variant(overrides, label):
     from maml_rl.config import load_config
-    from maml_rl.evaluation import maml_variant_label
+    from maml_rl.labels import maml_variant_label
 
     assert maml_variant_label(load_config("navigation", overrides)) == label
