@@ -33,8 +33,7 @@ from torch import Tensor
 
 from maml_rl.batch import LossInputs, task_mean
 from maml_rl.policy import MLPPolicy, Params, is_task_batched, replicate
-
-INNER_OBJECTIVES = ("reinforce", "lvc", "dice")
+from maml_rl.settings import INNER_OBJECTIVES
 
 
 def dice_increments(data: LossInputs) -> Tensor:

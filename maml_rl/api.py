@@ -1,6 +1,7 @@
 """The Python API for one new task: make its env, adapt a trained policy to it, act.
 
-Training and loading are :func:`maml_rl.run.train` and :func:`maml_rl.run.load_policy`;
+Training and loading are :func:`maml_rl.run.train` and :func:`maml_rl.run.load_policy` (a
+:class:`~maml_rl.meta_sgd.MetaPolicy`: the network and, for Meta-SGD, its learned step sizes);
 all are exported by the package (``maml_rl.train``, ``maml_rl.load_policy``, ``maml_rl.adapt``,
 ...). The README's "Python API" section is a runnable example (run by tests/test_api.py).
 """
@@ -18,6 +19,7 @@ import torch
 from maml_rl.config import TrainConfig
 from maml_rl.family import ActionMapping, TaskFamily
 from maml_rl.inner_loop import fine_tune, step_sizes
+from maml_rl.meta_sgd import MetaPolicy
 from maml_rl.policy import MLPPolicy, Params, is_task_batched
 from maml_rl.seeding import derive_seed
 from maml_rl.settings import AdvantageSettings
@@ -82,7 +84,7 @@ class AdaptedPolicy:
 
 
 def adapt(
-    policy: MLPPolicy,
+    policy: MetaPolicy | MLPPolicy,
     config: TrainConfig,
     task: Any,
     num_steps: int = 1,
@@ -94,18 +96,21 @@ def adapt(
     inner loop does: each step samples ``episodes`` rollouts (default: the config's
     ``episodes_per_task``) with the current parameters, computes advantages with the config's
     gamma, GAE lambda, normalisation and linear baseline, and steps with ``alpha`` (default
-    ``inner_lr``), later steps ``alpha / 2`` (the evaluation schedule); a Meta-SGD policy
-    steps with its learned step sizes times ``alpha / inner_lr`` (the same halving). ``seed``
-    fixes the rollouts. Rewards or advantages that cannot be used raise
+    ``inner_lr``), later steps ``alpha / 2`` (the evaluation schedule). ``policy`` is what
+    :func:`~maml_rl.run.load_policy` returns, a :class:`~maml_rl.meta_sgd.MetaPolicy` (that of
+    a Meta-SGD run steps with its learned step sizes times ``alpha / inner_lr``, the same
+    halving), or a bare :class:`~maml_rl.policy.MLPPolicy` (scalar steps). ``seed`` fixes
+    the rollouts. Rewards or advantages that cannot be used raise
     :class:`~maml_rl.errors.UnusableBatchError`.
     """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     k = int(episodes or config.episodes_per_task)
     lr = config.inner_lr if alpha is None else float(alpha)
+    meta = policy if isinstance(policy, MetaPolicy) else MetaPolicy(policy)
     family = TaskFamily.from_config(config)
     run = fine_tune(
-        policy,
+        meta.policy,
         family,
         [task],
         step_sizes(lr, num_steps),
@@ -116,12 +121,13 @@ def adapt(
         lambda j: "adaptation",
         config.inner_lr,
         config.num_threads,
+        meta.step_sizes,
     )
     returns = [float(batch.episode_returns.double().mean()) for batch in run.batches]
     params = run.params[-1]
     if not is_task_batched(params):  # no step taken: give the parameters a task dimension
         params = {name: p.unsqueeze(0) for name, p in params.items()}
-    return AdaptedPolicy(policy, params, config, family.action_space, returns)
+    return AdaptedPolicy(meta.policy, params, config, family.action_space, returns)
 
 
 __all__: Sequence[str] = ["AdaptedPolicy", "actions_for_env", "adapt", "make_env"]

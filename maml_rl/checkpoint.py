@@ -13,7 +13,9 @@ Loading checks what it restores before restoring anything, and every refusal is 
 holds (never torch's advice to load with ``weights_only=False``), a truncated file (read into
 memory first, so torch's ``OSError`` on a cut zip is the content's fault, not the disk's) says
 so, and an unknown ``format``, a negative or non-int ``iteration``, a policy whose keys or shapes
-are not those of the policy its config builds, or RNG states of the wrong size say which.
+are not those of the policy its config builds, or RNG states of the wrong size say which. The
+``policy`` entry is a :class:`~maml_rl.meta_sgd.MetaPolicy`'s state: theta's keys and, for a
+Meta-SGD run, its learned step sizes' (``inner_step_sizes.log_alpha.N``) beside them.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from __future__ import annotations
 import io
 import pickle
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -167,10 +170,27 @@ def _check_top_level(state: dict[str, Any], path: Path) -> None:
         )
 
 
-def check_policy_state(weights: dict[str, Any], policy: torch.nn.Module, source: Any) -> None:
+class PolicyState(Protocol):
+    """What a checkpoint's ``policy`` entry is checked against and loaded into: a policy module,
+    or a :class:`~maml_rl.meta_sgd.MetaPolicy` (theta and Meta-SGD's rho beside it)."""
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        """The expected keys, shapes and dtypes (the checkpoint's ``policy`` layout)."""
+        ...
+
+    def load_state_dict(self, weights: Mapping[str, torch.Tensor]) -> Any:
+        """Restore :meth:`state_dict`'s state."""
+        ...
+
+    def parameters(self) -> Iterable[torch.Tensor]:
+        """The meta-parameters in the outer optimiser's order (its Adam moments', one each)."""
+        ...
+
+
+def check_policy_state(weights: dict[str, Any], policy: PolicyState, source: Any) -> None:
     """Raise :class:`CheckpointError` naming ``source`` unless ``weights`` has exactly the keys
-    of ``policy.state_dict()`` (the policy built from the checkpoint's config), each a floating
-    tensor of the same shape; nothing is loaded."""
+    of ``policy.state_dict()`` (the policy, and step sizes, built from the checkpoint's config),
+    each a floating tensor of the same shape; nothing is loaded."""
     if not isinstance(weights, dict):
         raise CheckpointError(
             f"{source}: its policy is a {type(weights).__name__}, not a dict of tensors"
@@ -207,7 +227,7 @@ def check_policy_state(weights: dict[str, Any], policy: torch.nn.Module, source:
             )
 
 
-def load_policy_state(policy: torch.nn.Module, weights: dict[str, Any], source: Any) -> None:
+def load_policy_state(policy: PolicyState, weights: dict[str, Any], source: Any) -> None:
     """``policy.load_state_dict(weights)`` after :func:`check_policy_state`."""
     check_policy_state(weights, policy, source)
     policy.load_state_dict(weights)
@@ -215,15 +235,15 @@ def load_policy_state(policy: torch.nn.Module, weights: dict[str, Any], source: 
 
 def check_training_state(
     state: dict[str, Any],
-    policy: torch.nn.Module,
+    policy: PolicyState,
     source: Any,
     meta_optimizer: bool = False,
 ) -> None:
     """Raise :class:`CheckpointError` naming ``source`` unless a checkpoint's state can be
     restored as a whole: the policy (:func:`check_policy_state`), ``iteration`` and
     ``env_steps`` counts, both RNG states (tried on scratch generators, never the global ones)
-    and, with ``meta_optimizer`` (a clipped meta-step), its Adam moments (one per parameter, of
-    its shape) and eta. Nothing is restored."""
+    and, with ``meta_optimizer`` (a clipped meta-step), its Adam moments (one per parameter of
+    ``policy.parameters()``, of its shape) and eta. Nothing is restored."""
     check_policy_state(state["policy"], policy, source)
     for key in ("iteration", "env_steps"):
         if not _is_count(state.get(key)):
@@ -274,7 +294,7 @@ def _check_numpy_rng(value: Any, source: Any) -> None:
         raise CheckpointError(f"{source}: numpy_rng is no numpy generator state: {reason}")
 
 
-def _check_meta_optimizer(value: Any, policy: torch.nn.Module, source: Any) -> None:
+def _check_meta_optimizer(value: Any, policy: PolicyState, source: Any) -> None:
     shapes = [tuple(p.shape) for p in policy.parameters()]
     reason = None
     if not isinstance(value, dict):

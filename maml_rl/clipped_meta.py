@@ -135,8 +135,8 @@ class ClippedAdam:
     :class:`~maml_rl.meta_optimizers.MetaOptimizer` (``algorithm: maml-ppo | promp``).
 
     Args:
-        adaptation: the inner loop (theta'_i from theta; first order or not); theta is its
-            policy's parameters (updated in place).
+        adaptation: the inner loop (theta'_i from theta; first order or not); its
+            ``meta_parameters()`` (theta, and Meta-SGD's rho) are updated in place.
         settings: :class:`~maml_rl.settings.ClippedSettings`' keys (``outer_lr``,
             ``outer_steps``, ``clip_eps``, the ``inner_kl_*`` ones).
         num_inner_steps: S, the inner steps of every meta-batch (one eta per step).
@@ -152,10 +152,10 @@ class ClippedAdam:
         penalised: bool = False,
     ) -> None:
         self.adaptation = adaptation
-        self.policy = policy = adaptation.policy
+        self.policy = adaptation.policy
         self.settings = settings
         self.penalised = penalised
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=settings.outer_lr)
+        self.optimizer = torch.optim.Adam(adaptation.meta_parameters(), lr=settings.outer_lr)
         self.eta = torch.full(
             (num_inner_steps,), float(settings.inner_kl_coef), dtype=torch.float64
         )
@@ -241,7 +241,7 @@ class ClippedAdam:
         random: ``generator`` (:class:`~maml_rl.meta_optimizers.MetaOptimizer`'s) is unused."""
         s = self.settings
         start = time.perf_counter()
-        params = list(self.policy.parameters())
+        params = self.adaptation.meta_parameters()
         saved_params = [p.detach().clone() for p in params]
         saved_state = self.state_dict()
         eta_used = float(self.eta.mean()) if self.penalised and self.eta.numel() else 0.0
@@ -294,10 +294,11 @@ class ClippedAdam:
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Adam's step count and moments (one tensor per parameter, in ``policy.parameters()``
-        order; absent before the first step) and eta: tensors only, on the CPU."""
+        """Adam's step count and moments (one tensor per meta-parameter, in the order of the
+        adaptation's ``meta_parameters()``: theta, then rho; absent before the first step) and
+        eta: tensors only, on the CPU."""
         state: dict[str, Any] = {"inner_kl_coef": self.eta.clone()}
-        per_param = [self.optimizer.state.get(p, {}) for p in self.policy.parameters()]
+        per_param = [self.optimizer.state.get(p, {}) for p in self.adaptation.meta_parameters()]
         if all(per_param):
             state["adam_step"] = torch.stack([st["step"].detach().cpu() for st in per_param])
             state["adam_exp_avg"] = [st["exp_avg"].detach().cpu().clone() for st in per_param]
@@ -311,7 +312,7 @@ class ClippedAdam:
         if "adam_step" not in state:
             return
         for p, step, m, v in zip(
-            self.policy.parameters(),
+            self.adaptation.meta_parameters(),
             state["adam_step"],
             state["adam_exp_avg"],
             state["adam_exp_avg_sq"],

@@ -47,6 +47,7 @@ from maml_rl.files import (
 )
 from maml_rl.inner_loop import fine_tune, step_sizes
 from maml_rl.labels import DEFAULT_LABELS, maml_variant_label
+from maml_rl.meta_sgd import InnerStepSizes
 from maml_rl.policy import MLPPolicy, Params
 from maml_rl.report import (
     RESULT_FILES,
@@ -94,11 +95,12 @@ def adapt_and_evaluate(
     settings: EvalSettings,
     keep: bool = False,
     family: TaskFamily | None = None,
+    learned: InnerStepSizes | None = None,
 ) -> tuple[np.ndarray, list[float], list[tuple[np.ndarray, np.ndarray]], list[Params]]:
     """Returns ``[num_steps + 1, N]`` after 0..num_steps test-time gradient steps (see
     :func:`adapt_and_measure`, which also gives the success rates)."""
     returns, _, schedule, rollouts, params = adapt_and_measure(
-        policy, config, tasks, settings, keep, family
+        policy, config, tasks, settings, keep, family, learned
     )
     return returns, schedule, rollouts, params
 
@@ -110,6 +112,7 @@ def adapt_and_measure(
     settings: EvalSettings,
     keep: bool = False,
     family: TaskFamily | None = None,
+    learned: InnerStepSizes | None = None,
 ) -> tuple[
     np.ndarray, np.ndarray | None, list[float], list[tuple[np.ndarray, np.ndarray]], list[Params]
 ]:
@@ -119,8 +122,8 @@ def adapt_and_measure(
 
     Each step samples K rollouts per task with the current (per-task) parameters, computes
     advantages as in training (the config's gamma, GAE lambda, normalisation, linear baseline)
-    and takes one policy-gradient step with the schedule of :func:`step_sizes` (a Meta-SGD
-    policy: its learned step sizes times schedule_j / inner_lr). The numbers are those K
+    and takes one policy-gradient step with the schedule of :func:`step_sizes` (with Meta-SGD's
+    ``learned`` step sizes: them times schedule_j / inner_lr). The numbers are those K
     rollouts' or, with ``settings.eval_episodes``, those of E separate rollouts per task and
     step (:func:`measure_rollouts`). With ``keep`` also returns the measured rollouts'
     observations and masks and the parameters of every step. ``family``: the config's, when
@@ -143,6 +146,7 @@ def adapt_and_measure(
         lambda j: f"evaluation, step {j + 1} batch",
         config.inner_lr,
         config.num_threads,
+        learned,
     )
     batches = run.batches
     if settings.eval_episodes is not None:
@@ -209,6 +213,8 @@ class Method:
     """Oracle only: act with the mean action instead of sampling."""
     iteration: int | None = None
     """The training iteration of the evaluated checkpoint (None: untrained or an oracle)."""
+    step_sizes: InnerStepSizes | None = None
+    """A Meta-SGD run's learned inner step sizes, loaded beside ``policy`` (None: ``inner_lr``)."""
 
     @cached_property
     def family(self) -> TaskFamily:
@@ -227,10 +233,18 @@ def load_method(path: str | Path, label: str | None = None) -> Method:
         model, config = load_oracle(path)
         return Method(label or DEFAULT_LABELS[kind], kind, str(path), config, oracle=model)
     state = load_checkpoint(path)  # read once: the policy and the iteration it reached
-    policy, config = policy_from_state(state, resolve_checkpoint(path))
+    meta, config = policy_from_state(state, resolve_checkpoint(path))
     iteration = int(state["iteration"])
     default = maml_variant_label(config) if kind == "maml" else DEFAULT_LABELS[kind]
-    return Method(label or default, kind, str(path), config, policy=policy, iteration=iteration)
+    return Method(
+        label or default,
+        kind,
+        str(path),
+        config,
+        policy=meta.policy,
+        iteration=iteration,
+        step_sizes=meta.step_sizes,
+    )
 
 
 def evaluate_method(
@@ -254,7 +268,13 @@ def evaluate_method(
         return MethodResult(method.label, method.kind, method.source, returns[None, :])
     assert method.policy is not None
     returns, success, schedule, rollouts, history = adapt_and_measure(
-        method.policy, method.config, tasks, settings, keep, method.family
+        method.policy,
+        method.config,
+        tasks,
+        settings,
+        keep,
+        family=method.family,
+        learned=method.step_sizes,
     )
     return MethodResult(
         method.label,

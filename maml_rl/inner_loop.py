@@ -21,7 +21,7 @@ from maml_rl.adaptation import adapt
 from maml_rl.advantages import checked_advantages
 from maml_rl.batch import EpisodeBatch, LossInputs, loss_inputs
 from maml_rl.family import TaskFamily
-from maml_rl.meta_sgd import step_sizes_for
+from maml_rl.meta_sgd import InnerStepSizes, step_sizes_for
 from maml_rl.policy import MLPPolicy, Params
 from maml_rl.sampler import Sampler, VectorSampler
 from maml_rl.settings import AdvantageSettings
@@ -115,17 +115,19 @@ def fine_tune(
     what: Callable[[int], str],
     inner_lr: float,
     num_threads: int | None = None,
+    learned: InnerStepSizes | None = None,
 ) -> Adaptation:
     """Test-time adaptation of ``policy`` (on the CPU, in this process) to ``tasks``: step j
     takes one :func:`gradient_step` of size ``schedule[j]`` from the current parameters, on
-    rollouts sampled with ``seeds[j]``; ``len(seeds) == len(schedule) + 1``. A policy with
-    Meta-SGD's learned step sizes steps with them times ``schedule[j] / inner_lr``
+    rollouts sampled with ``seeds[j]``; ``len(seeds) == len(schedule) + 1``. With Meta-SGD's
+    ``learned`` step sizes each step takes them times ``schedule[j] / inner_lr``
     (:func:`~maml_rl.meta_sgd.step_sizes_for`); ``inner_lr`` is training's step size.
     ``what(j)`` names batch j in an :class:`~maml_rl.errors.UnusableBatchError`. The caller's
     policy is left where it is: one on another device is copied to the CPU."""
     if any(p.device.type != "cpu" for p in policy.parameters()):
         policy = copy.deepcopy(policy).cpu()
-    steps = step_sizes_for(policy, schedule, inner_lr, detach=True)
+    steps = step_sizes_for(learned, schedule, inner_lr, detach=True)
+    steps = [{k: a.cpu() for k, a in lr.items()} if isinstance(lr, dict) else lr for lr in steps]
     sampler = VectorSampler(family, policy, num_threads)
     try:
         return adapt_on_fresh_rollouts(

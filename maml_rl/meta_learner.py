@@ -29,7 +29,6 @@ from maml_rl.adaptation import InnerStep
 from maml_rl.batch import LossInputs, task_mean
 from maml_rl.fisher import AdaptationCurvature, InnerLossCurvature, subsample
 from maml_rl.meta_adaptation import Adaptation
-from maml_rl.meta_sgd import learned_step_sizes
 from maml_rl.policy import Params, PolicyOutput
 from maml_rl.settings import HVP_METHODS, MetaLearnerSettings
 from maml_rl.trpo import TRPOResult, flatten, hessian_vector_product, trpo_step
@@ -102,11 +101,11 @@ class TRPO:
 
         The result's ``seconds`` holds ``gradient`` (the surrogate, its meta-gradient and the
         curvature's set-up), ``cg`` and ``line_search``. With learned (Meta-SGD) step sizes
-        the step is taken in (theta, rho), the parameters' order in ``policy.parameters()``.
+        the step is taken in (theta, rho), the order of the adaptation's ``meta_parameters()``.
         """
         s = self.settings
         start = time.perf_counter()
-        params = list(self.policy.parameters())
+        params = self.adaptation.meta_parameters()
         if s.hvp == "exact":
             loss, kl, old = self.surrogate_and_kl(inner_data, post_update, None, True)
             gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
@@ -157,14 +156,11 @@ class TRPO:
         passes (:class:`maml_rl.fisher.AdaptationCurvature`); ``cg_subsample`` < 1 builds the
         product's curvature on a random subset of every batch (Schulman et al. 2015, sec. 6).
         With learned (Meta-SGD) step sizes both are in (theta, rho), flattened in the order of
-        ``policy.parameters()`` (theta, then rho)."""
+        the adaptation's ``meta_parameters()`` (theta, then rho, both in theta's name order, as
+        :class:`~maml_rl.fisher.AdaptationCurvature` flattens them)."""
         s = self.settings
         theta = self.policy.params()
-        learned = learned_step_sizes(self.policy)
-        if learned is not None:
-            order = [*theta.values(), *learned.log_alpha]
-            if [id(p) for p in self.policy.parameters()] != [id(p) for p in order]:
-                raise ValueError("the policy's parameters are not theta followed by rho")
+        learned = self.adaptation.inner_step_sizes
         inner: list[InnerLossCurvature] = []
         adapted, steps = self._adapt_by_hand(inner_data, inner)
         with torch.no_grad():

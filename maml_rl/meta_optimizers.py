@@ -3,10 +3,11 @@
 garage's ``MAML(inner_algo, meta_optimizer)`` in our terms: the trainer owns the inner loop
 (:class:`~maml_rl.meta_adaptation.Adaptation`) and passes it to a meta-optimiser, built from
 the ``algorithm`` string by :func:`make_meta_optimizer` through :data:`META_OPTIMIZERS`. A
-meta-optimiser follows :class:`MetaOptimizer`: it updates the policy's parameters in place from
-the inner batches D_ij and the post-update batches D'_i, returns a :class:`StepResult` that
-says what to log, and keeps its own state for checkpoints (``state_dict``, stored under the
-checkpoint's ``meta_optimizer`` key when not empty).
+meta-optimiser follows :class:`MetaOptimizer`: it updates the adaptation's meta-parameters
+(:meth:`~maml_rl.meta_adaptation.Adaptation.meta_parameters`: theta, then Meta-SGD's rho) in
+place from the inner batches D_ij and the post-update batches D'_i, returns a
+:class:`StepResult` that says what to log, and keeps its own state for checkpoints
+(``state_dict``, stored under the checkpoint's ``meta_optimizer`` key when not empty).
 
 Entry points are strings, as Gymnasium registers environments, so importing this module
 imports neither torch nor the optimisers: the algorithm names can be listed anywhere.
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from maml_rl.batch import LossInputs
     from maml_rl.meta_adaptation import Adaptation
+    from maml_rl.meta_sgd import InnerStepSizes
     from maml_rl.policy import MLPPolicy
     from maml_rl.settings import MetaLearnerSettings
 
@@ -50,7 +52,8 @@ class StepResult(Protocol):
 
 
 class MetaOptimizer(Protocol):
-    """An outer optimiser: one meta-update of theta per call of :meth:`step`."""
+    """An outer optimiser: one meta-update of theta (and Meta-SGD's rho: the adaptation's
+    ``meta_parameters()``) per call of :meth:`step`."""
 
     adaptation: Adaptation
     """The inner loop, theta'_i from theta (shared with the trainer)."""
@@ -120,15 +123,20 @@ def meta_optimizer_class(algorithm: str) -> type:
 
 
 def make_meta_optimizer(
-    policy: MLPPolicy, settings: MetaLearnerSettings, num_inner_steps: int
+    policy: MLPPolicy,
+    settings: MetaLearnerSettings,
+    num_inner_steps: int,
+    inner_step_sizes: InnerStepSizes | None = None,
 ) -> MetaOptimizer:
-    """The outer optimiser ``settings.algorithm`` names, for ``policy`` with ``num_inner_steps``
-    inner steps per meta-batch, given a fresh :class:`~maml_rl.meta_adaptation.Adaptation`."""
+    """The outer optimiser ``settings.algorithm`` names, for ``policy`` (and Meta-SGD's
+    ``inner_step_sizes``, learned with it) with ``num_inner_steps`` inner steps per meta-batch,
+    given a fresh :class:`~maml_rl.meta_adaptation.Adaptation` of both."""
     from maml_rl.meta_adaptation import Adaptation
 
     spec = meta_optimizer_spec(settings.algorithm)
     cls = meta_optimizer_class(settings.algorithm)
-    return cls(Adaptation(policy, settings), settings, num_inner_steps, **spec.kwargs)
+    adaptation = Adaptation(policy, settings, inner_step_sizes)
+    return cls(adaptation, settings, num_inner_steps, **spec.kwargs)
 
 
 __all__: Sequence[str] = [

@@ -12,23 +12,26 @@ step size stays positive whatever the outer step does (Li et al. leave alpha unc
 negative step size would ascend the inner loss), and rho starts at log(inner_lr), so training
 starts from MAML's step. Every inner step of training uses the same learned alpha.
 
-The step sizes live on the policy as its ``inner_step_sizes`` submodule (:func:`learn_step_sizes`):
-they are in ``policy.parameters()`` and ``policy.state_dict()`` (so the outer optimisers,
-checkpoints, resume and the evaluation's :func:`~maml_rl.run.load_policy` carry them) but not in
-``policy.params()``, the forward's theta. At test time, step j of the evaluation schedule
-``[a, a/2, a/2, ...]`` (``a`` = ``inner_lr`` unless overridden) takes alpha * schedule_j /
-inner_lr (:func:`step_sizes_for`): the learned sizes first, half of them later.
+rho is its own parameter object, :class:`InnerStepSizes`, held beside the policy (theta), never
+inside it: :class:`MetaPolicy` is the pair, what meta-training learns. Its
+:meth:`MetaPolicy.parameters` are the meta-parameters in the order the outer optimisers flatten
+them (theta, then rho); its :meth:`MetaPolicy.state_dict` is a checkpoint's ``policy`` entry
+(theta's keys, rho's under :data:`STATE_PREFIX`, the layout checkpoints have always had). At
+test time, step j of the evaluation schedule ``[a, a/2, a/2, ...]`` (``a`` = ``inner_lr`` unless
+overridden) takes alpha * schedule_j / inner_lr (:func:`step_sizes_for`): the learned sizes
+first, half of them later.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from maml_rl.policy import LEARNED_STEP_SIZES, MLPPolicy, Params
+from maml_rl.policy import MLPPolicy, Params
 
 
 class InnerStepSizes(nn.Module):
@@ -59,25 +62,15 @@ class InnerStepSizes(nn.Module):
         return {"mean": float(flat.mean()), "min": float(flat.min()), "max": float(flat.max())}
 
 
-def learn_step_sizes(policy: MLPPolicy, init: float) -> MLPPolicy:
-    """Give ``policy`` Meta-SGD's learned inner step sizes, all ``init`` (returns the policy)."""
-    setattr(policy, LEARNED_STEP_SIZES, InnerStepSizes(policy.params(), init))
-    return policy
-
-
-def learned_step_sizes(policy: MLPPolicy) -> InnerStepSizes | None:
-    """The policy's learned inner step sizes, or None (plain MAML: one scalar step size)."""
-    learned = getattr(policy, LEARNED_STEP_SIZES, None)
-    return learned if isinstance(learned, InnerStepSizes) else None
-
-
 def step_sizes_for(
-    policy: MLPPolicy, schedule: Sequence[float], inner_lr: float, detach: bool = False
+    learned: InnerStepSizes | None,
+    schedule: Sequence[float],
+    inner_lr: float,
+    detach: bool = False,
 ) -> list[float | Params]:
-    """The step sizes the inner steps take: ``schedule`` as it is for a plain policy; for one
-    with learned step sizes, alpha * schedule_j / inner_lr per step (alpha itself where the
+    """The step sizes the inner steps take: ``schedule`` as it is without ``learned`` step sizes
+    (plain MAML); with them, alpha * schedule_j / inner_lr per step (alpha itself where the
     schedule is ``inner_lr``, as in training). ``detach``: constants (test-time adaptation)."""
-    learned = learned_step_sizes(policy)
     if learned is None:
         return list(schedule)
     alphas = learned.alphas()
@@ -87,3 +80,68 @@ def step_sizes_for(
         alphas if lr == inner_lr else {name: a * (lr / inner_lr) for name, a in alphas.items()}
         for lr in schedule
     ]
+
+
+STATE_PREFIX = "inner_step_sizes."
+"""The prefix of rho's keys (``inner_step_sizes.log_alpha.N``, N in theta's order) in a
+checkpoint's ``policy`` entry, beside theta's keys."""
+
+
+@dataclass(frozen=True)
+class MetaPolicy:
+    """What meta-training learns: the policy (theta) and, with Meta-SGD, its learned inner step
+    sizes (rho); ``step_sizes`` None: MAML's one scalar step size (``inner_lr``).
+
+    :func:`maml_rl.load_policy` returns one; :func:`maml_rl.adapt` adapts with its step sizes.
+    """
+
+    policy: MLPPolicy
+    step_sizes: InnerStepSizes | None = None
+
+    @classmethod
+    def fresh(cls, policy: MLPPolicy, step_size_init: float | None) -> MetaPolicy:
+        """``policy`` with new learned step sizes, all ``step_size_init``, or none (None)."""
+        if step_size_init is None:
+            return cls(policy)
+        return cls(policy, InnerStepSizes(policy.params(), step_size_init))
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The meta-parameters in the order the outer optimisers flatten them: theta (the
+        policy's parameters), then rho (one per theta parameter, in theta's order)."""
+        rho = [] if self.step_sizes is None else list(self.step_sizes.log_alpha)
+        return [*self.policy.parameters(), *rho]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """theta's state and rho's keys prefixed with :data:`STATE_PREFIX` (a checkpoint's
+        ``policy`` entry); shared storage, as ``nn.Module.state_dict``."""
+        state = dict(self.policy.state_dict())
+        if self.step_sizes is not None:
+            for key, value in self.step_sizes.state_dict().items():
+                state[STATE_PREFIX + key] = value
+        return state
+
+    def load_state_dict(self, weights: Mapping[str, Tensor]) -> None:
+        """Restore :meth:`state_dict`'s state: rho from the prefixed keys, theta from the rest
+        (strict: a key missing or left over raises, as ``nn.Module.load_state_dict``)."""
+        rho = {k[len(STATE_PREFIX) :]: v for k, v in weights.items() if k.startswith(STATE_PREFIX)}
+        theta = {k: v for k, v in weights.items() if not k.startswith(STATE_PREFIX)}
+        if self.step_sizes is None and rho:
+            raise KeyError(f"rho's {sorted(rho)} given for a policy without learned step sizes")
+        self.policy.load_state_dict(theta)
+        if self.step_sizes is not None:
+            self.step_sizes.load_state_dict(rho)
+
+    def to(self, device: torch.device | str) -> MetaPolicy:
+        """Move theta and rho to ``device`` (in place, as ``nn.Module.to``); returns self."""
+        self.policy.to(device)
+        if self.step_sizes is not None:
+            self.step_sizes.to(device)
+        return self
+
+
+__all__: Sequence[str] = [
+    "STATE_PREFIX",
+    "InnerStepSizes",
+    "MetaPolicy",
+    "step_sizes_for",
+]

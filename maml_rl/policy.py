@@ -34,30 +34,21 @@ from maml_rl.distributions import (
     gaussian_kl,
     gaussian_log_prob,
 )
+from maml_rl.settings import NONLINEARITIES
 
 Params = dict[str, Tensor]
 
-NONLINEARITIES = {"relu": torch.relu, "tanh": torch.tanh}
-
-
-LEARNED_STEP_SIZES = "inner_step_sizes"
-"""The submodule of a policy holding Meta-SGD's learned inner step sizes, if it has them
-(:mod:`maml_rl.meta_sgd`): in ``parameters()`` and ``state_dict()``, not in :func:`theta`."""
-
-
-def theta(policy: nn.Module) -> Params:
-    """A policy's forward parameters theta as an ordered name -> tensor dict (shared storage):
-    every parameter but the learned step sizes'."""
-    prefix = LEARNED_STEP_SIZES + "."
-    return {k: v for k, v in policy.named_parameters() if not k.startswith(prefix)}
+ACTIVATIONS = {name: getattr(torch, name) for name in NONLINEARITIES}
+"""The activation function of each name :data:`maml_rl.settings.NONLINEARITIES` declares
+(``torch.relu``, ``torch.tanh``)."""
 
 
 def mlp_layers(sizes: Sequence[int], nonlinearity: str) -> nn.ModuleList:
     """The linear layers ``sizes[0] -> sizes[1] -> ...`` of a policy MLP, Glorot-uniform weights
     and zero biases (as rllab); ``nonlinearity`` is checked here (one clear ValueError)."""
-    if nonlinearity not in NONLINEARITIES:
+    if nonlinearity not in ACTIVATIONS:
         raise ValueError(
-            f"unknown nonlinearity {nonlinearity!r}; choose one of {sorted(NONLINEARITIES)}"
+            f"unknown nonlinearity {nonlinearity!r}; choose one of {sorted(ACTIVATIONS)}"
         )
     layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
     for layer in layers:
@@ -78,7 +69,7 @@ def mlp_forward(
     """
     lead = obs.shape[:-1]
     h = obs.reshape(lead[0], -1, obs.shape[-1]) if batched else obs
-    act = NONLINEARITIES[nonlinearity]
+    act = ACTIVATIONS[nonlinearity]
     for i in range(num_layers):
         w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
         h = (
@@ -120,8 +111,10 @@ class MLPPolicy(nn.Module):
         self.layers = mlp_layers(sizes, nonlinearity)
 
     def params(self) -> Params:
-        """The meta-parameters theta as an ordered name -> tensor dict (shared storage)."""
-        return theta(self)
+        """theta, the forward's parameters, as an ordered name -> tensor dict (shared storage):
+        all of the policy's parameters (Meta-SGD's step sizes are kept beside it,
+        :mod:`maml_rl.meta_sgd`)."""
+        return dict(self.named_parameters())
 
     def forward(self, obs: Tensor, params: Params | None = None) -> PolicyOutput:
         """The distribution's output for ``obs``: ``(mean, log_std)`` (Gaussian, ``log_std``
@@ -243,8 +236,7 @@ def make_mlp_policy(
 
 
 __all__ = [
-    "LEARNED_STEP_SIZES",
-    "NONLINEARITIES",
+    "ACTIVATIONS",
     "CategoricalMLPPolicy",
     "GaussianMLPPolicy",
     "MLPPolicy",
@@ -260,5 +252,4 @@ __all__ = [
     "mlp_layers",
     "policy_class_for",
     "replicate",
-    "theta",
 ]

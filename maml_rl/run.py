@@ -56,11 +56,10 @@ from maml_rl.logger import (
     make_logger,
     truncate_progress,
 )
-from maml_rl.meta_sgd import learned_step_sizes
-from maml_rl.policy import MLPPolicy
+from maml_rl.meta_sgd import MetaPolicy
 from maml_rl.run_folders import CONFIG_NAME, locked_run_folder, run_folder
-from maml_rl.settings import RESUMABLE_KEYS, PolicySettings
-from maml_rl.trainer import IterationResult, MAMLTrainer, make_policy, meta_sgd_init
+from maml_rl.settings import RESUMABLE_KEYS
+from maml_rl.trainer import IterationResult, MAMLTrainer, make_meta_policy
 
 
 # -- callbacks ----------------------------------------------------------------------------------
@@ -206,7 +205,7 @@ def log_iteration(logger: Any, trainer: MAMLTrainer, it: IterationResult) -> Non
     logger.record("train/kl", r.kl)
     for name, value in r.log_items().items():  # the meta-optimiser's own numbers
         logger.record(f"train/{name}", value)
-    learned = learned_step_sizes(trainer.policy)
+    learned = trainer.inner_step_sizes
     if learned is not None:  # Meta-SGD
         for name, value in learned.summary().items():
             logger.record(f"train/inner_lr_{name}", value)
@@ -549,19 +548,20 @@ def _run(
 
 
 # -- results ------------------------------------------------------------------------------------
-def load_policy(path: str | Path) -> tuple[MLPPolicy, TrainConfig]:
-    """The trained policy and config of a run folder or checkpoint file."""
+def load_policy(path: str | Path) -> tuple[MetaPolicy, TrainConfig]:
+    """The trained policy (with Meta-SGD's learned step sizes, if the run learned them) and
+    config of a run folder or checkpoint file: ``meta.policy`` is the network (theta),
+    ``meta.step_sizes`` rho or None; :func:`maml_rl.adapt` takes ``meta`` as it is."""
     return policy_from_state(load_checkpoint(path), resolve_checkpoint(path))
 
 
-def policy_from_state(state: dict[str, Any], source: Path) -> tuple[MLPPolicy, TrainConfig]:
-    """The policy and config of a loaded checkpoint ``state`` (read from ``source``, the file
-    named when its policy does not fit the policy its config builds)."""
+def policy_from_state(state: dict[str, Any], source: Path) -> tuple[MetaPolicy, TrainConfig]:
+    """The policy (and step sizes) and config of a loaded checkpoint ``state`` (read from
+    ``source``, the file named when its policy does not fit the policy its config builds)."""
     config = from_dict(state["config"]).validate()
-    family = TaskFamily.from_config(config)
-    policy = make_policy(family, config.part(PolicySettings), meta_sgd_init(config))
-    load_policy_state(policy, state["policy"], source)
-    return policy, config
+    meta = make_meta_policy(TaskFamily.from_config(config), config)
+    load_policy_state(meta, state["policy"], source)
+    return meta, config
 
 
 __all__: Sequence[str] = [

@@ -40,11 +40,12 @@ ALGORITHM_PAPERS = {
 }
 """Each algorithm with its paper and module (``maml-rl train --help``)."""
 INNER_OBJECTIVES = ("reinforce", "lvc", "dice")
-"""Inner-loop losses (:mod:`maml_rl.adaptation`)."""
+"""Inner-loop losses, the one list (:mod:`maml_rl.adaptation` implements and checks them)."""
 HVP_METHODS = ("gauss_newton", "exact")
 """KL-Hessian products of the meta-step's conjugate gradient (:mod:`maml_rl.meta_learner`)."""
 NONLINEARITIES = ("relu", "tanh")
-"""Hidden-layer activations of the policy (:mod:`maml_rl.policy`)."""
+"""Hidden-layer activations of the policy, the one list (:data:`maml_rl.policy.ACTIVATIONS`
+maps each name to its torch function)."""
 SAMPLERS = ("vector", "ray")
 """Sampling back-ends (:func:`maml_rl.trainer.make_sampler`)."""
 

@@ -2,10 +2,11 @@
 rollouts each, sample post-update rollouts, meta-update with the outer optimiser ``algorithm``
 names (:mod:`maml_rl.meta_optimizers`: TRPO, or the clipped meta-steps of MAML-PPO and ProMP).
 
-:class:`MAMLTrainer` owns the policy (theta), the sampler and the meta-optimiser of a run and
-performs iterations (:meth:`MAMLTrainer.advance`), built from the config by :func:`make_policy`
-and :func:`make_sampler`; starting, resuming, logging and
-checkpointing a run around it is :mod:`maml_rl.run`.
+:class:`MAMLTrainer` owns the policy (theta), Meta-SGD's learned inner step sizes beside it
+(rho, or None), the sampler and the meta-optimiser of a run and performs iterations
+(:meth:`MAMLTrainer.advance`), built from the config by :func:`make_meta_policy` and
+:func:`make_sampler`; starting, resuming, logging and checkpointing a run around it is
+:mod:`maml_rl.run`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ import torch
 from maml_rl.batch import EpisodeBatch, LossInputs, episode_success
 from maml_rl.checkpoint import check_training_state, numpy_rng_from_plain, numpy_rng_to_plain
 from maml_rl.config import TrainConfig
-from maml_rl.distributions import distribution_for
 from maml_rl.family import TaskFamily
 from maml_rl.inner_loop import batch_loss_inputs
 from maml_rl.meta_optimizers import MetaOptimizer, StepResult, make_meta_optimizer
-from maml_rl.meta_sgd import learn_step_sizes
+from maml_rl.meta_sgd import InnerStepSizes, MetaPolicy
 from maml_rl.policy import MLPPolicy, make_mlp_policy
 from maml_rl.resources import check_memory
 from maml_rl.sampler import Sampler, VectorSampler
@@ -40,41 +40,31 @@ from maml_rl.settings import (
 )
 
 
-def make_policy(
-    family: TaskFamily, settings: PolicySettings, step_size_init: float | None = None
-) -> MLPPolicy:
+def make_policy(family: TaskFamily, settings: PolicySettings) -> MLPPolicy:
     """A fresh MLP policy for the family's 1-D Box observations, of the class its action space
     takes (:func:`~maml_rl.policy.make_mlp_policy`): Gaussian for a 1-D Box (``init_std``),
-    categorical for a Discrete (``init_std`` ignored). ``step_size_init``: give it
-    Meta-SGD's learned inner step sizes, all starting at this value
-    (:func:`~maml_rl.meta_sgd.learn_step_sizes`)."""
-    policy = _make_network(family, settings)
-    if step_size_init is not None:
-        learn_step_sizes(policy, step_size_init)
-    return policy
-
-
-def meta_sgd_init(config: TrainConfig) -> float | None:
-    """The initial learned step size of a config's policy: ``inner_lr`` with ``meta_sgd``,
-    else None (no learned step sizes)."""
-    return config.inner_lr if config.meta_sgd else None
-
-
-def _make_network(family: TaskFamily, settings: PolicySettings) -> MLPPolicy:
-    obs_space, act_space = family.observation_space, family.action_space
-    try:
-        distribution_for(act_space)
-    except ValueError as err:
-        raise ValueError(f"{family.env_id}: {err}") from None
+    categorical for a Discrete (``init_std`` ignored). A space no policy takes raises one
+    ValueError naming the family's env id."""
+    obs_space = family.observation_space
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(f"{family.env_id}: need a 1-D Box observation space, got {obs_space}")
-    return make_mlp_policy(
-        obs_space.shape[0],
-        act_space,
-        settings.hidden_sizes,
-        settings.nonlinearity,
-        settings.init_std,
-    )
+    try:
+        return make_mlp_policy(
+            obs_space.shape[0],
+            family.action_space,
+            settings.hidden_sizes,
+            settings.nonlinearity,
+            settings.init_std,
+        )
+    except ValueError as err:
+        raise ValueError(f"{family.env_id}: {err}") from None
+
+
+def make_meta_policy(family: TaskFamily, config: TrainConfig) -> MetaPolicy:
+    """A fresh policy (:func:`make_policy`) and, with ``meta_sgd``, Meta-SGD's learned inner
+    step sizes beside it, all starting at ``inner_lr``."""
+    policy = make_policy(family, config.part(PolicySettings))
+    return MetaPolicy.fresh(policy, config.inner_lr if config.meta_sgd else None)
 
 
 def make_sampler(family: TaskFamily, policy: MLPPolicy, settings: SamplerSettings) -> Sampler:
@@ -140,7 +130,8 @@ class Timer:
 
 
 class MAMLTrainer:
-    """Owns the policy, sampler and meta-optimiser of one run.
+    """Owns the policy (theta), the learned inner step sizes (rho; ``inner_step_sizes``, None
+    without ``meta_sgd``), the sampler and the meta-optimiser of one run.
 
     Args:
         config: a validated :class:`TrainConfig`.
@@ -157,18 +148,26 @@ class MAMLTrainer:
             raise ValueError("device=cuda was asked for but torch sees no CUDA device")
         check_memory(config, self.family, self.device)  # a run too big: one line, not OOM
         torch.manual_seed(config.seed)
-        self.policy = make_policy(
-            self.family, config.part(PolicySettings), meta_sgd_init(config)
-        ).to(self.device)
+        meta_policy = make_meta_policy(self.family, config).to(self.device)
+        self.policy: MLPPolicy = meta_policy.policy
+        self.inner_step_sizes: InnerStepSizes | None = meta_policy.step_sizes
         if sampler is None:
             sampler = make_sampler(self.family, self.policy, config.part(SamplerSettings))
         self.sampler = sampler
         self.meta_optimizer: MetaOptimizer = make_meta_optimizer(
-            self.policy, config.part(MetaLearnerSettings), config.num_inner_steps
+            self.policy,
+            config.part(MetaLearnerSettings),
+            config.num_inner_steps,
+            self.inner_step_sizes,
         )
         self.advantages = config.part(AdvantageSettings)
         self.iteration = 0  # completed meta-iterations
         self.env_steps = 0
+
+    @property
+    def meta_policy(self) -> MetaPolicy:
+        """theta and rho together: what a checkpoint's ``policy`` entry holds."""
+        return MetaPolicy(self.policy, self.inner_step_sizes)
 
     # -- one meta-iteration ------------------------------------------------------------------
     def sample_tasks(self, iteration: int) -> list[Any]:
@@ -201,7 +200,7 @@ class MAMLTrainer:
                     self._to_loss_inputs(inner_batches[-1], iteration, f"inner step {j + 1}")
                 )
             with timer("adaptation"):
-                params = {k: v.detach() for k, v in adaptation.adapt(inner_data).items()}
+                params = adaptation.adapt_detached(inner_data)
         with timer("sampling"):
             seed = derive_seed(c.seed, iteration, POST_UPDATE)
             post_update = self.sampler.sample(tasks, params, c.episodes_per_task, seed)
@@ -227,15 +226,15 @@ class MAMLTrainer:
         )
 
     def advance(self) -> IterationResult:
-        """Run the next iteration and count it; an iteration that fails leaves theta (and the
-        meta-optimiser's state) as it was."""
-        snapshot = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        """Run the next iteration and count it; an iteration that fails leaves theta, rho (and
+        the meta-optimiser's state) as they were."""
+        snapshot = {k: v.detach().clone() for k, v in self.meta_policy.state_dict().items()}
         optimizer_snapshot = self.meta_optimizer.state_dict()
         start = time.perf_counter()
         try:
             result = self.run_iteration(self.iteration)
         except BaseException:
-            self.policy.load_state_dict(snapshot)  # drop the half-done iteration
+            self.meta_policy.load_state_dict(snapshot)  # drop the half-done iteration
             self.meta_optimizer.load_state_dict(optimizer_snapshot)
             raise
         self.iteration += 1
@@ -247,7 +246,7 @@ class MAMLTrainer:
     def state_dict(self) -> dict[str, Any]:
         state = {
             "format": 2,  # 2: the numpy RNG state as a tensor and plain data
-            "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
+            "policy": {k: v.detach().cpu() for k, v in self.meta_policy.state_dict().items()},
             "iteration": self.iteration,
             "env_steps": self.env_steps,
             "config": self.config.to_dict(),
@@ -261,10 +260,12 @@ class MAMLTrainer:
 
     def load_state_dict(self, state: dict[str, Any], source: Any = "the checkpoint") -> None:
         """Restore :meth:`state_dict`'s state; first checks all of it against this trainer's
-        policy and meta-step (:func:`~maml_rl.checkpoint.check_training_state`), raising
-        :class:`~maml_rl.errors.CheckpointError` naming ``source`` before anything changes."""
-        check_training_state(state, self.policy, source, bool(self.meta_optimizer.state_dict()))
-        self.policy.load_state_dict(state["policy"])
+        policy, step sizes and meta-step (:func:`~maml_rl.checkpoint.check_training_state`),
+        raising :class:`~maml_rl.errors.CheckpointError` naming ``source`` before anything
+        changes."""
+        meta_policy = self.meta_policy
+        check_training_state(state, meta_policy, source, bool(self.meta_optimizer.state_dict()))
+        meta_policy.load_state_dict(state["policy"])
         self.iteration = int(state["iteration"])
         self.env_steps = int(state["env_steps"])
         torch.set_rng_state(state["torch_rng"])
@@ -279,7 +280,7 @@ class MAMLTrainer:
 __all__: Sequence[str] = [
     "IterationResult",
     "MAMLTrainer",
+    "make_meta_policy",
     "make_policy",
     "make_sampler",
-    "meta_sgd_init",
 ]

@@ -47,18 +47,23 @@ for j in range(config.num_inner_steps):
     params = {k: v.detach() for k, v in learner.adaptation.adapt(inner).items()}
 batch = trainer.sampler.sample(tasks, params, config.episodes_per_task, 2 * 10**6)
 valid = trainer._to_loss_inputs(batch, 0, "meta-step A/B")
-theta = [p.detach().clone() for p in learner.policy.parameters()]
+def meta_parameters():  # theta, then Meta-SGD's rho where the checkout holds it apart
+    adaptation = learner.adaptation
+    if hasattr(adaptation, "meta_parameters"):
+        return list(adaptation.meta_parameters())
+    return list(learner.policy.parameters())
+theta = [p.detach().clone() for p in meta_parameters()]
 rows = []
 for i in range(repeats + 1):
     with torch.no_grad():
-        for p, p0 in zip(learner.policy.parameters(), theta):
+        for p, p0 in zip(meta_parameters(), theta):
             p.copy_(p0)
     start = time.perf_counter()
     result = learner.step(inner, valid, generator=torch.Generator().manual_seed(0))
     total = time.perf_counter() - start
     if i > 0:
         rows.append({"total": total, **result.seconds})
-new = [p.detach() for p in learner.policy.parameters()]
+new = [p.detach() for p in meta_parameters()]
 update = torch.cat([(p - p0).reshape(-1) for p, p0 in zip(new, theta)])
 torch.save(update, out + ".pt")
 json.dump({"rows": rows, "accepted": result.accepted}, open(out, "w"))

@@ -106,7 +106,7 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
         c.episodes_per_task,
         [*(10**6 + j for j in range(c.num_inner_steps)), 2 * 10**6],
         lambda batch, j: trainer._to_loss_inputs(batch, 0, f"roofline inner {j}"),
-        lambda j, params, data: {k: v.detach() for k, v in learner.adaptation.adapt(data).items()},
+        lambda j, params, data: learner.adaptation.adapt_detached(data),
     )
     inner = rollouts.inputs
     post_update = trainer._to_loss_inputs(rollouts.batches[-1], 0, "roofline")

@@ -101,11 +101,23 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
     assert load_config("halfcheetah-vel").env_id == "MAML/HalfCheetahVel-v0"
 
 
-def test_settings_choice_lists_match_the_code_that_implements_them():
-    from maml_rl import adaptation, policy, settings
+def test_every_declared_choice_is_implemented_by_the_math_modules():
+    """settings.py declares the choice lists once; each nonlinearity is a policy's activation and
+    each inner objective gives a finite loss (a name added there alone fails here)."""
+    import torch
 
-    assert settings.INNER_OBJECTIVES == adaptation.INNER_OBJECTIVES
-    assert sorted(settings.NONLINEARITIES) == sorted(policy.NONLINEARITIES)
+    from maml_rl import settings
+    from maml_rl.adaptation import inner_loss
+    from maml_rl.policy import ACTIVATIONS, GaussianMLPPolicy, replicate
+    from tests.conftest import random_loss_inputs
+
+    assert list(ACTIVATIONS) == list(settings.NONLINEARITIES)
+    data = random_loss_inputs(2, 6, 3, 2, seed=0)._replace(episodes=2)
+    for nonlinearity in settings.NONLINEARITIES:
+        policy = GaussianMLPPolicy(3, 2, (4,), nonlinearity).double()
+        for objective in settings.INNER_OBJECTIVES:
+            loss = inner_loss(policy, replicate(policy.params(), 2), data, objective)
+            assert loss.shape == (2,) and bool(torch.isfinite(loss).all()), objective
 
 
 def test_every_config_key_belongs_to_exactly_one_settings_group():

@@ -101,8 +101,8 @@ def test_resume_of_a_tabular_mdp_run_equals_the_uninterrupted_run(tmp_path):
     assert resumed["iteration"] == 4 and "log_std" not in final["policy"]
     assert all(torch.equal(final["policy"][k], resumed["policy"][k]) for k in final["policy"])
     assert logged_numbers(progress_rows(full)) == logged_numbers(progress_rows(run))
-    policy, _ = load_policy(run)
-    assert isinstance(policy, CategoricalMLPPolicy)
+    meta, _ = load_policy(run)
+    assert isinstance(meta.policy, CategoricalMLPPolicy) and meta.step_sizes is None
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,9 @@ def test_api_adapts_to_a_bandit_and_acts_with_arm_indices(bandit_run):
     adapted = maml_rl.adapt(policy, config, task, num_steps=1, episodes=10, seed=2)
     assert len(adapted.returns) == 2 and all(0 <= r <= 1 for r in adapted.returns)
     obs = np.zeros((3, 1), dtype=np.float32)
+    assert adapted.policy is policy.policy
     with torch.no_grad():
-        logits = policy(torch.from_numpy(obs)[None], adapted.params)[0]
+        logits = adapted.policy(torch.from_numpy(obs)[None], adapted.params)[0]
     best = logits.argmax(-1).numpy()
     actions = adapted.act(obs)
     assert actions.dtype == np.int64 and np.array_equal(actions, best)

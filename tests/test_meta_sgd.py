@@ -6,6 +6,7 @@ and exact resume, evaluation with the learned step sizes, learning on navigation
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,17 +14,18 @@ import torch
 
 from maml_rl.adaptation import adapt_steps, inner_loss
 from maml_rl.batch import task_mean
-from maml_rl.checkpoint import load_checkpoint
+from maml_rl.checkpoint import load_checkpoint, save_checkpoint
 from maml_rl.cli import main
 from maml_rl.config import ConfigError, load_config
 from maml_rl.evaluation import adapt_and_evaluate, sample_test_tasks
 from maml_rl.fisher import AdaptationCurvature, subsample
 from maml_rl.meta_optimizers import make_meta_optimizer
-from maml_rl.meta_sgd import learn_step_sizes, learned_step_sizes, step_sizes_for
+from maml_rl.meta_sgd import STATE_PREFIX, InnerStepSizes, MetaPolicy, step_sizes_for
 from maml_rl.policy import CategoricalMLPPolicy, GaussianMLPPolicy, replicate
 from maml_rl.report import EvalSettings
 from maml_rl.run import load_policy, resume, train
 from maml_rl.settings import MetaLearnerSettings
+from maml_rl.trainer import MAMLTrainer
 from maml_rl.trpo import flatten, hessian_vector_product
 from tests.conftest import (
     logged_numbers,
@@ -36,17 +38,22 @@ from tests.conftest import (
 D = torch.float64
 
 
+def _spread(learned: InnerStepSizes) -> InnerStepSizes:
+    """``learned`` with rho moved by 0.5 N(0, 1) per element (step sizes that differ)."""
+    with torch.no_grad():
+        for rho in learned.log_alpha:
+            rho.add_(0.5 * torch.randn_like(rho))
+    return learned
+
+
 def _problem(first_order: bool = False, inner_steps: int = 1):
     """A float64 policy (3 -> 5 -> 2, tanh) with learned step sizes spread around 0.1, its
     learner, inner batches and a post-update batch of 3 tasks."""
     torch.manual_seed(4)
     policy = GaussianMLPPolicy(3, 2, (5,), "tanh").to(D)
-    learn_step_sizes(policy, 0.1)
-    with torch.no_grad():
-        for rho in learned_step_sizes(policy).log_alpha:
-            rho.add_(0.5 * torch.randn_like(rho))
+    learned = _spread(InnerStepSizes(policy.params(), 0.1))
     settings = MetaLearnerSettings(inner_lr=0.1, first_order=first_order)
-    learner = make_meta_optimizer(policy, settings, 1)
+    learner = make_meta_optimizer(policy, settings, 1, learned)
     inner = [random_loss_inputs(3, 8, 3, 2, seed=10 + j) for j in range(inner_steps)]
     post = random_loss_inputs(3, 8, 3, 2, seed=20)
     return policy, learner, inner, post
@@ -58,7 +65,7 @@ def test_adapted_parameters_are_theta_minus_alpha_times_the_gradient_elementwise
     per_task = replicate({k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}, 3)
     loss = inner_loss(policy, per_task, inner[0]).sum()
     grads = dict(zip(per_task, torch.autograd.grad(loss, list(per_task.values()))))
-    alphas = {k: a.detach() for k, a in learned_step_sizes(policy).alphas().items()}
+    alphas = {k: a.detach() for k, a in learner.adaptation.inner_step_sizes.alphas().items()}
     adapted = learner.adaptation.adapt(inner)
     for name, value in theta.items():
         by_hand = value.detach() - alphas[name] * grads[name]  # alpha broadcasts over tasks
@@ -72,7 +79,7 @@ def test_meta_gradient_in_the_step_sizes_matches_finite_differences(first_order,
     """Second order: exact through two inner steps. First order: with one inner step theta'
     = theta - alpha o g(theta) has d theta'/d rho = -alpha o g, no second derivative, so the
     first-order gradient in rho is exact too."""
-    policy, learner, inner, post = _problem(first_order, inner_steps)
+    _, learner, inner, post = _problem(first_order, inner_steps)
     _, _, old = learner.surrogate_and_kl(inner, post, None, create_graph=False)
 
     def surrogate() -> torch.Tensor:
@@ -81,7 +88,7 @@ def test_meta_gradient_in_the_step_sizes_matches_finite_differences(first_order,
     def value() -> float:
         return float(learner.surrogate_and_kl(inner, post, old, create_graph=False)[0].detach())
 
-    rhos = list(learned_step_sizes(policy).log_alpha)
+    rhos = list(learner.adaptation.inner_step_sizes.log_alpha)
     grads = torch.autograd.grad(surrogate(), rhos)
     eps = 1e-5  # float64: central-difference error ~1e-11 here
     checked = 0
@@ -101,12 +108,13 @@ def test_meta_gradient_in_the_step_sizes_matches_finite_differences(first_order,
 
 def test_trpo_step_moves_theta_and_the_step_sizes_inside_the_trust_region():
     policy, learner, inner, post = _problem()
-    before = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    meta = MetaPolicy(policy, learner.adaptation.inner_step_sizes)
+    before = {k: v.detach().clone() for k, v in meta.state_dict().items()}
     result = learner.step(inner, post)
     assert result.accepted and 0 < result.kl <= learner.settings.max_kl * 1.0001
     assert result.loss_after < result.loss_before
-    moved = {k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])}
-    assert any(k.startswith("inner_step_sizes.") for k in moved)
+    moved = {k for k, v in meta.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith(STATE_PREFIX) for k in moved)
     assert any(k.startswith("layers.") for k in moved)
 
 
@@ -117,10 +125,7 @@ def _curvature_case(policy_kind, objective, first_order, inner_steps):
         policy = CategoricalMLPPolicy(3, 4, (6, 5), "relu").to(D)
     else:
         policy = GaussianMLPPolicy(3, 2, (6, 5), "tanh", init_std=0.7).to(D)
-    learn_step_sizes(policy, 0.3)
-    with torch.no_grad():
-        for rho in learned_step_sizes(policy).log_alpha:
-            rho.add_(0.5 * torch.randn_like(rho))
+    learned = _spread(InnerStepSizes(policy.params(), 0.3))
 
     def data(seed):
         batch = random_loss_inputs(4, 6, 3, 2, seed=seed)._replace(episodes=2)
@@ -132,7 +137,7 @@ def _curvature_case(policy_kind, objective, first_order, inner_steps):
     settings = MetaLearnerSettings(inner_lr=0.3, inner_objective=objective, first_order=first_order)
     return (
         policy,
-        make_meta_optimizer(policy, settings, 1),
+        make_meta_optimizer(policy, settings, 1, learned),
         [data(s) for s in range(inner_steps)],
         data(99),
     )
@@ -162,7 +167,7 @@ def test_hand_written_gradient_and_fisher_product_in_theta_and_rho_equal_autogra
     theta-rho blocks (d theta'/d rho = -alpha o g per step)."""
     policy, learner, inner, post = _curvature_case(policy_kind, objective, first_order, inner_steps)
     loss, kl, _ = learner.surrogate_and_kl(inner, post)
-    params = list(policy.parameters())
+    params = learner.adaptation.meta_parameters()
     expected_gradient = flatten(torch.autograd.grad(loss, params, retain_graph=True))
     exact = hessian_vector_product(kl, params, damping=learner.settings.cg_damping)
     value, gradient, fvp, _ = learner.gradient_and_fvp(inner, post, None)
@@ -203,29 +208,35 @@ def test_meta_step_by_hand_equals_the_exact_reference():
     (``hvp=gauss_newton``) and autograd's (``hvp=exact``) take the same step."""
     updates = []
     for hvp in ("gauss_newton", "exact"):
-        policy, _, _, _ = _problem()
+        policy, problem, _, _ = _problem()
         inner = [random_loss_inputs(3, 40, 3, 2, seed=10 + j) for j in range(2)]
         post = random_loss_inputs(3, 40, 3, 2, seed=20)
-        learner = make_meta_optimizer(policy, MetaLearnerSettings(inner_lr=0.1, hvp=hvp), 1)
-        before = flatten([p.detach().clone() for p in policy.parameters()])
+        settings = MetaLearnerSettings(inner_lr=0.1, hvp=hvp)
+        learner = make_meta_optimizer(policy, settings, 1, problem.adaptation.inner_step_sizes)
+        params = learner.adaptation.meta_parameters()
+        before = flatten([p.detach().clone() for p in params])
         result = learner.step(inner, post)
         assert result.accepted and 0 < result.kl <= learner.settings.max_kl * 1.0001
-        updates.append(flatten([p.detach() for p in policy.parameters()]) - before)
+        updates.append(flatten([p.detach() for p in params]) - before)
     theta_size = sum(p.numel() for p in policy.params().values())
     assert updates[0][theta_size:].abs().max() > 1e-4  # the step sizes move
     torch.testing.assert_close(updates[0], updates[1], rtol=1e-8, atol=1e-12)
 
 
-def test_theta_excludes_the_step_sizes_and_the_schedule_scales_them():
-    policy, _, _, _ = _problem()
-    assert not any(k.startswith("inner_step_sizes") for k in policy.params())
-    alphas = learned_step_sizes(policy).alphas()
-    first, later = step_sizes_for(policy, [0.1, 0.05], 0.1, detach=True)
+def test_the_step_sizes_live_beside_theta_and_the_schedule_scales_them():
+    policy, learner, _, _ = _problem()
+    learned = learner.adaptation.inner_step_sizes
+    assert list(policy.params()) == [k for k, _ in policy.named_parameters()]  # theta: all
+    assert not any(p is rho for p in policy.parameters() for rho in learned.log_alpha)
+    rhos = list(learned.log_alpha)
+    assert learner.adaptation.meta_parameters() == [*policy.params().values(), *rhos]
+    assert [r.shape for r in rhos] == [p.shape for p in policy.params().values()]
+    alphas = learned.alphas()
+    first, later = step_sizes_for(learned, [0.1, 0.05], 0.1, detach=True)
     for name, a in alphas.items():
         assert torch.equal(first[name], a.detach()) and not first[name].requires_grad
         assert torch.allclose(later[name], a.detach() / 2, rtol=1e-15, atol=0)
-    plain = GaussianMLPPolicy(3, 2, (5,), "tanh")
-    assert step_sizes_for(plain, [0.1, 0.05], 0.1) == [0.1, 0.05]
+    assert step_sizes_for(None, [0.1, 0.05], 0.1) == [0.1, 0.05]
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -254,10 +265,66 @@ def test_resume_is_exact_and_checkpoints_carry_the_step_sizes(tmp_path, algorith
     row = progress_rows(run)[-1]
     low, mean, high = (float(row[f"train/inner_lr_{s}"]) for s in ("min", "mean", "max"))
     assert 0 < low <= mean <= high and low < high  # learned: no longer all 0.1
-    policy, _ = load_policy(run)
-    loaded = learned_step_sizes(policy)
-    assert loaded is not None
-    assert torch.equal(loaded.log_alpha[0], final["policy"]["inner_step_sizes.log_alpha.0"])
+    meta, _ = load_policy(run)
+    assert meta.step_sizes is not None and "inner_step_sizes" not in dict(
+        meta.policy.named_modules()
+    )
+    assert torch.equal(
+        meta.step_sizes.log_alpha[0], final["policy"]["inner_step_sizes.log_alpha.0"]
+    )
+
+
+OLD_RUNS = Path(__file__).parent / "data" / "main_checkpoints"
+"""Meta-SGD runs written when rho was a submodule of the policy (tests/test_meta_optimizers.py)."""
+
+
+@pytest.mark.parametrize("name", ["ppo_meta_sgd", "trpo_meta_sgd"])
+def test_a_checkpoint_of_rho_inside_the_policy_loads_beside_theta_and_round_trips(tmp_path, name):
+    """A checkpoint written when rho was the policy's ``inner_step_sizes`` submodule loads into
+    the policy (theta alone) and its own InnerStepSizes with the same alpha; a trainer restoring
+    it writes the same ``policy`` (and Adam) entries back, and those load again to the same."""
+    old = load_checkpoint(OLD_RUNS / name)
+    meta, config = load_policy(OLD_RUNS / name)
+    assert config.meta_sgd and meta.step_sizes is not None
+    theta_keys = [k for k in old["policy"] if not k.startswith(STATE_PREFIX)]
+    assert list(meta.policy.state_dict()) == theta_keys  # no rho inside the policy
+    alphas = meta.step_sizes.alphas()
+    assert list(alphas) == list(meta.policy.params())
+    for i, (key, alpha) in enumerate(alphas.items()):
+        assert torch.equal(alpha, old["policy"][f"{STATE_PREFIX}log_alpha.{i}"].exp()), key
+        assert torch.equal(meta.policy.params()[key], old["policy"][key])
+    trainer = MAMLTrainer(config)
+    try:
+        trainer.load_state_dict(old)
+        saved = trainer.state_dict()
+    finally:
+        trainer.close()
+    assert list(saved["policy"]) == list(old["policy"])
+    assert all(torch.equal(saved["policy"][k], v) for k, v in old["policy"].items())
+    if "meta_optimizer" in old:  # Adam's moments: theta's, then rho's, as before
+        moments = zip(
+            saved["meta_optimizer"]["adam_exp_avg"], old["meta_optimizer"]["adam_exp_avg"]
+        )
+        assert all(torch.equal(a, b) for a, b in moments)
+    save_checkpoint(tmp_path / "checkpoint.pt", saved)
+    again, _ = load_policy(tmp_path)
+    assert all(torch.equal(a, again.step_sizes.alphas()[k]) for k, a in alphas.items())
+
+
+def test_a_meta_policy_loads_only_the_state_of_its_layout():
+    policy = GaussianMLPPolicy(3, 2, (5,), "tanh")
+    learned = MetaPolicy.fresh(policy, 0.1)
+    state = learned.state_dict()
+    assert [k for k in state if k.startswith(STATE_PREFIX)] == [
+        f"{STATE_PREFIX}log_alpha.{i}" for i in range(len(policy.params()))
+    ]
+    with pytest.raises(KeyError, match="without learned step sizes"):
+        MetaPolicy(GaussianMLPPolicy(3, 2, (5,), "tanh")).load_state_dict(state)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        MetaPolicy.fresh(GaussianMLPPolicy(3, 2, (5,), "tanh"), 0.1).load_state_dict(
+            policy.state_dict()
+        )
+    assert MetaPolicy.fresh(policy, None).step_sizes is None
 
 
 def test_evaluation_adapts_with_the_learned_step_sizes(tmp_path):
@@ -265,24 +332,23 @@ def test_evaluation_adapts_with_the_learned_step_sizes(tmp_path):
     step sizes evaluated with alpha = 0.3; spread step sizes adapt differently."""
     config = _config(num_iterations=1)
     train(config, tmp_path / "run", stdout=False)
-    policy, config = load_policy(tmp_path / "run")
-    plain = GaussianMLPPolicy(2, 2, (32, 32))
-    plain.load_state_dict({k: v for k, v in policy.state_dict().items() if "inner_step" not in k})
+    meta, config = load_policy(tmp_path / "run")
+    policy, rho = meta.policy, meta.step_sizes
     with torch.no_grad():
-        for rho in learned_step_sizes(policy).log_alpha:
-            rho.fill_(math.log(0.3))
+        for log_alpha in rho.log_alpha:
+            log_alpha.fill_(math.log(0.3))
     tasks = sample_test_tasks(config, 3, seed=0)
     settings = EvalSettings(num_tasks=3, num_steps=2, env_steps=300)
-    learned, _, _, history = adapt_and_evaluate(policy, config, tasks, settings, keep=True)
+    learned, _, _, history = adapt_and_evaluate(policy, config, tasks, settings, True, rho)
     same = EvalSettings(num_tasks=3, num_steps=2, env_steps=300, alpha=0.3)
-    reference, _, _, ref_history = adapt_and_evaluate(plain, config, tasks, same, keep=True)
-    for name in plain.params():
+    reference, _, _, ref_history = adapt_and_evaluate(policy, config, tasks, same, keep=True)
+    for name in policy.params():
         assert torch.allclose(history[2][name], ref_history[2][name], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(learned, reference, rtol=1e-3)
     with torch.no_grad():
-        for rho in learned_step_sizes(policy).log_alpha:
-            rho.add_(torch.randn_like(rho))
-    spread, _, _, _ = adapt_and_evaluate(policy, config, tasks, settings)
+        for log_alpha in rho.log_alpha:
+            log_alpha.add_(torch.randn_like(log_alpha))
+    spread, _, _, _ = adapt_and_evaluate(policy, config, tasks, settings, learned=rho)
     assert np.array_equal(spread[0], learned[0]) and not np.allclose(spread[1:], learned[1:])
 
 
@@ -327,19 +393,20 @@ def test_subsampled_curvature_in_theta_and_rho_equals_autograd_on_the_subsample(
     theta'. The autograd reference: theta'(theta, rho) = theta'_full + (theta - alpha o
     g_sub(theta)) - (its value at the current point), so its Jacobian is the subsample's."""
     fraction = 0.5
-    policy, _, inner, post = _curvature_case("gaussian", objective, first_order, 1)
+    policy, case, inner, post = _curvature_case("gaussian", objective, first_order, 1)
+    learned = case.adaptation.inner_step_sizes
     settings = MetaLearnerSettings(
         inner_lr=0.3, inner_objective=objective, first_order=first_order, cg_subsample=fraction
     )
-    learner = make_meta_optimizer(policy, settings, 1)
+    learner = make_meta_optimizer(policy, settings, 1, learned)
     _, _, fvp, _ = learner.gradient_and_fvp(inner, post, None)
 
     generator = torch.Generator().manual_seed(0)
     post_sub = subsample(post, fraction, generator)
     inner_sub = subsample(inner[0], fraction, generator)
     theta = policy.params()
-    alphas = learned_step_sizes(policy).alphas()
-    full = {k: v.detach() for k, v in learner.adaptation.adapt(inner).items()}
+    alphas = learner.adaptation.inner_step_sizes.alphas()
+    full = learner.adaptation.adapt_detached(inner)
 
     def adapted_on_subsample() -> dict[str, torch.Tensor]:
         per_task = replicate(theta, 4)
@@ -353,14 +420,14 @@ def test_subsampled_curvature_in_theta_and_rho_equals_autograd_on_the_subsample(
     output = policy(post_sub.observations, adapted)
     old = tuple(x.detach() for x in output) if isinstance(output, tuple) else output.detach()
     kl = task_mean(policy.kl(old, output), post_sub.mask).mean()
-    params = list(policy.parameters())
+    params = learner.adaptation.meta_parameters()
     exact = hessian_vector_product(kl, params, damping=settings.cg_damping)
     size = sum(p.numel() for p in params)
     for seed in range(2):
         v = torch.randn(size, dtype=D, generator=torch.Generator().manual_seed(seed))
         torch.testing.assert_close(fvp(v), exact(v), rtol=1e-10, atol=1e-12)
     learner_full = make_meta_optimizer(
-        policy, MetaLearnerSettings(inner_lr=0.3, inner_objective=objective), 1
+        policy, MetaLearnerSettings(inner_lr=0.3, inner_objective=objective), 1, learned
     )
     v = torch.randn(size, dtype=D, generator=torch.Generator().manual_seed(5))
     assert not torch.allclose(learner_full.gradient_and_fvp(inner, post, None)[2](v), fvp(v))

@@ -211,9 +211,9 @@ def test_a_broken_training_state_is_one_line_for_resume(small_run, tmp_path, cap
 
 def test_a_valid_checkpoint_still_loads_and_resumes(small_run, tmp_path, capsys):
     run = _copy(small_run, tmp_path)
-    policy, _ = load_policy(run)
+    meta, _ = load_policy(run)
     reference = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert all(torch.equal(policy.state_dict()[k], v) for k, v in reference["policy"].items())
+    assert all(torch.equal(meta.state_dict()[k], v) for k, v in reference["policy"].items())
     assert main(["train", "--resume", str(run), "--quiet", "--set", "num_iterations=2"]) == 0
     assert load_checkpoint(run)["iteration"] == 2
 
@@ -223,9 +223,9 @@ def test_committed_checkpoints_pass_the_checks(name):
     path = RESULTS / name / "checkpoint.pt"
     if not path.is_file():
         pytest.skip(f"no {path}")
-    policy, _ = load_policy(path)
+    meta, _ = load_policy(path)
     reference = torch.load(path, map_location="cpu", weights_only=False)  # trusted: ours
-    assert all(torch.equal(policy.state_dict()[k], v) for k, v in reference["policy"].items())
+    assert all(torch.equal(meta.state_dict()[k], v) for k, v in reference["policy"].items())
 
 
 def test_adam_moments_that_do_not_fit_the_policy_are_one_line_for_resume(tmp_path, capsys):

@@ -5,7 +5,8 @@ import torch
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.config import TrainConfig
 from maml_rl.run import resume, train
-from maml_rl.trainer import MAMLTrainer
+from maml_rl.settings import PolicySettings
+from maml_rl.trainer import MAMLTrainer, make_meta_policy, make_policy
 from tests.conftest import logged_numbers, post_update_returns, progress_rows, tiny_config
 
 
@@ -140,3 +141,61 @@ def test_curves_command_plots_a_run(tmp_path):
     assert main(["curves", str(run), "-o", str(out), "--label", "tiny"]) == 0
     assert out.stat().st_size > 10_000
     assert main(["curves", str(tmp_path / "missing")]) == 2
+
+
+def test_a_space_no_policy_takes_is_one_line_naming_the_env():
+    """The action space is checked where the policy is built (make_mlp_policy) and the error
+    names the family's env id; the observation space must be a 1-D Box."""
+    from types import SimpleNamespace
+
+    import gymnasium as gym
+
+    box = gym.spaces.Box(-1.0, 1.0, (2,))
+    family = SimpleNamespace(
+        env_id="X-v0", observation_space=box, action_space=gym.spaces.MultiBinary(2)
+    )
+    with pytest.raises(ValueError, match=r"^X-v0: no policy for action space .*need a 1-D Box"):
+        make_policy(family, PolicySettings())
+    family.observation_space, family.action_space = gym.spaces.Discrete(3), box
+    with pytest.raises(ValueError, match=r"^X-v0: need a 1-D Box observation space"):
+        make_policy(family, PolicySettings())
+
+
+def test_meta_sgd_step_sizes_are_built_beside_the_policy():
+    config = tiny_config(meta_sgd=True, inner_lr=0.25)
+    trainer = MAMLTrainer(config)
+    try:
+        learned = trainer.inner_step_sizes
+        assert learned is not None and trainer.meta_optimizer.adaptation.inner_step_sizes is learned
+        assert set(trainer.policy.state_dict()) == set(trainer.policy.params())  # theta only
+        alphas = torch.cat([a.reshape(-1) for a in learned.alphas().values()])
+        assert torch.allclose(alphas, torch.full_like(alphas, 0.25))
+        assert trainer.meta_optimizer.adaptation.meta_parameters() == [
+            *trainer.policy.parameters(),
+            *learned.log_alpha,
+        ]
+    finally:
+        trainer.close()
+    family = trainer.family
+    assert make_meta_policy(family, tiny_config()).step_sizes is None
+
+
+def test_a_failed_iteration_leaves_theta_and_the_step_sizes_as_they_were(monkeypatch):
+    trainer = MAMLTrainer(tiny_config(meta_sgd=True))
+    before = {k: v.clone() for k, v in trainer.meta_policy.state_dict().items()}
+
+    def step_then_fail(*args, **kwargs):
+        with torch.no_grad():
+            for p in trainer.meta_optimizer.adaptation.meta_parameters():
+                p.add_(1.0)
+        raise RuntimeError("meta-step failed")
+
+    monkeypatch.setattr(trainer.meta_optimizer, "step", step_then_fail)
+    try:
+        with pytest.raises(RuntimeError, match="meta-step failed"):
+            trainer.advance()
+        after = trainer.meta_policy.state_dict()
+        assert any(k.startswith("inner_step_sizes.") for k in after)
+        assert all(torch.equal(after[k], v) for k, v in before.items())
+    finally:
+        trainer.close()
