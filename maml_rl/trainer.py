@@ -173,10 +173,9 @@ class MAMLTrainer:
     def sample_tasks(self, iteration: int) -> list[Any]:
         return self.family.training_tasks(self.config.seed, iteration, self.config.meta_batch_size)
 
-    def _to_loss_inputs(self, batch: EpisodeBatch, iteration: int, what: str) -> LossInputs:
-        """Advantages and loss inputs of ``batch``; :class:`UnusableBatchError` (naming the
-        iteration and the batch) when its rewards or advantages cannot be learned from."""
-        what = f"iteration {iteration + 1}, {what} batch"
+    def _to_loss_inputs(self, batch: EpisodeBatch, what: str) -> LossInputs:
+        """Advantages and loss inputs of ``batch``; :class:`UnusableBatchError` naming ``what``
+        (the iteration and the batch) when its rewards or advantages cannot be learned from."""
         return batch_loss_inputs(batch, self.advantages, what).to(self.device)
 
     def run_iteration(self, iteration: int) -> IterationResult:
@@ -186,6 +185,7 @@ class MAMLTrainer:
         adapted theta'_i; the meta-optimiser's step on (D_ij, D'_i). Returns its numbers."""
         c = self.config
         timer = Timer()
+        name = f"iteration {iteration + 1}"  # of the batches, in errors
         tasks = self.sample_tasks(iteration)
         adaptation = self.meta_optimizer.adaptation
         params = self.policy.params()
@@ -197,7 +197,7 @@ class MAMLTrainer:
                 inner_batches.append(self.sampler.sample(tasks, params, c.episodes_per_task, seed))
             with timer("advantages"):
                 inner_data.append(
-                    self._to_loss_inputs(inner_batches[-1], iteration, f"inner step {j + 1}")
+                    self._to_loss_inputs(inner_batches[-1], f"{name}, inner step {j + 1} batch")
                 )
             with timer("adaptation"):
                 params = adaptation.adapt_detached(inner_data)
@@ -205,7 +205,7 @@ class MAMLTrainer:
             seed = derive_seed(c.seed, iteration, POST_UPDATE)
             post_update = self.sampler.sample(tasks, params, c.episodes_per_task, seed)
         with timer("advantages"):
-            post_update_data = self._to_loss_inputs(post_update, iteration, "post-update")
+            post_update_data = self._to_loss_inputs(post_update, f"{name}, post-update batch")
         with timer("meta_step"):
             generator = torch.Generator().manual_seed(derive_seed(c.seed, iteration, FISHER))
             result = self.meta_optimizer.step(inner_data, post_update_data, generator)

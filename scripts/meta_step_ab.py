@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 CHILD = r"""
-import json, sys, time
+import inspect, json, sys, time
 import torch
 from maml_rl.config import load_config
 from maml_rl.trainer import MAMLTrainer
@@ -40,13 +40,17 @@ trainer = MAMLTrainer(config)
 learner = trainer.meta_optimizer
 tasks = trainer.sample_tasks(10**6)  # a meta-batch no training iteration uses
 params = learner.policy.params()
+def to_inputs(batch):  # older checkouts also took the iteration
+    if len(inspect.signature(trainer._to_loss_inputs).parameters) == 3:
+        return trainer._to_loss_inputs(batch, 0, "meta-step A/B")
+    return trainer._to_loss_inputs(batch, "meta-step A/B")
 inner = []
 for j in range(config.num_inner_steps):
     batch = trainer.sampler.sample(tasks, params, config.episodes_per_task, 10**6 + j)
-    inner.append(trainer._to_loss_inputs(batch, 0, "meta-step A/B"))
+    inner.append(to_inputs(batch))
     params = {k: v.detach() for k, v in learner.adaptation.adapt(inner).items()}
 batch = trainer.sampler.sample(tasks, params, config.episodes_per_task, 2 * 10**6)
-valid = trainer._to_loss_inputs(batch, 0, "meta-step A/B")
+valid = to_inputs(batch)
 def meta_parameters():  # theta, then Meta-SGD's rho where the checkout holds it apart
     adaptation = learner.adaptation
     if hasattr(adaptation, "meta_parameters"):

@@ -105,11 +105,11 @@ def meta_step_roofline(trainer: MAMLTrainer, repeats: int = 3) -> dict[str, floa
         learner.policy.params(),
         c.episodes_per_task,
         [*(10**6 + j for j in range(c.num_inner_steps)), 2 * 10**6],
-        lambda batch, j: trainer._to_loss_inputs(batch, 0, f"roofline inner {j}"),
+        lambda batch, j: trainer._to_loss_inputs(batch, f"roofline inner {j}"),
         lambda j, params, data: learner.adaptation.adapt_detached(data),
     )
     inner = rollouts.inputs
-    post_update = trainer._to_loss_inputs(rollouts.batches[-1], 0, "roofline")
+    post_update = trainer._to_loss_inputs(rollouts.batches[-1], "roofline")
     theta = learner.policy.params()
     state: dict[str, Any] = {}
 

@@ -339,7 +339,7 @@ def test_evaluation_adapts_with_the_learned_step_sizes(tmp_path):
             log_alpha.fill_(math.log(0.3))
     tasks = sample_test_tasks(config, 3, seed=0)
     settings = EvalSettings(num_tasks=3, num_steps=2, env_steps=300)
-    learned, _, _, history = adapt_and_evaluate(policy, config, tasks, settings, True, rho)
+    learned, _, _, history = adapt_and_evaluate(policy, config, tasks, settings, True, learned=rho)
     same = EvalSettings(num_tasks=3, num_steps=2, env_steps=300, alpha=0.3)
     reference, _, _, ref_history = adapt_and_evaluate(policy, config, tasks, same, keep=True)
     for name in policy.params():
