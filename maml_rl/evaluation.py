@@ -390,11 +390,15 @@ def _evaluate(
     if out is not None:
         report.files.update(write_report(report, out))
         if plots:
-            from maml_rl.plots import plot_returns, plot_trajectories
+            from maml_rl.plots import plot_returns, plot_success, plot_trajectories
 
             with atomic_path(out / "returns.png") as tmp:
                 plot_returns(report, tmp)
             report.files["returns_png"] = out / "returns.png"
+            if any(r.success is not None for r in results):
+                with atomic_path(out / "success.png") as tmp:
+                    plot_success(report, tmp)
+                report.files["success_png"] = out / "success.png"
             adaptable = [r for r in results if r.rollouts]
             if paths:
                 for n, r in enumerate(adaptable):

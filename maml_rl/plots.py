@@ -2,6 +2,8 @@
 
 * :func:`plot_returns`: mean return over the test tasks (± standard error) against the number of
   gradient steps, one line per method, an oracle as a horizontal line (Finn et al. 2017, Fig. 5).
+* :func:`plot_success`: success rate over the test tasks (± standard error) against the number
+  of gradient steps, for families that report ``info["success"]`` (Meta-World).
 * :func:`plot_trajectories`: 2D-navigation paths before and after adaptation with the goals
   marked (Finn et al. 2017, Fig. 4).
 """
@@ -52,10 +54,55 @@ def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
     ax.set_xticks(steps)
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return (mean ± s.e. over tasks)")
-    ax.set_title(
-        f"{report.env_id}: {report.settings.num_tasks} test tasks, "
+    ax.set_title(_title(report))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _title(report: EvaluationReport) -> str:
+    """``<env>: N test tasks, K rollouts per step`` (with separate measured rollouts: adapted
+    on K, measured on E)."""
+    s = report.settings
+    tasks = "authors' test tasks" if s.test_tasks == "authors" else "test tasks"
+    rollouts = (
         f"{report.episodes_per_task} rollouts per step"
+        if s.eval_episodes is None
+        else f"adapted on {report.episodes_per_task}, measured on {s.eval_episodes} rollouts"
     )
+    return f"{report.env_id}: {s.num_tasks} {tasks}, {rollouts}"
+
+
+def plot_success(report: EvaluationReport, path: str | Path) -> Path:
+    """Success rate (percent of each task's rollouts that succeeded, mean ± s.e. over the test
+    tasks) against the number of gradient steps, one line per method that reports success."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    steps = np.arange(report.settings.num_steps + 1)
+    measured = [r for r in report.results if r.success is not None]
+    for i, r in enumerate(measured):
+        assert r.success is not None
+        rate = 100.0 * r.success
+        n = rate.shape[1]
+        err = rate.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(rate.shape[0])
+        offset = 0.06 * (i - (len(measured) - 1) / 2)
+        color = _ORACLE_COLOR if r.kind == "oracle" else _COLORS.get(r.kind)
+        ax.errorbar(
+            steps[: rate.shape[0]] + offset,
+            rate.mean(axis=1),
+            yerr=err,
+            marker="o",
+            capsize=4,
+            color=color,
+            label=r.display_label,
+        )
+    ax.set_xticks(steps)
+    ax.set_ylim(-5, 105)
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("success rate, % (mean ± s.e. over tasks)")
+    ax.set_title(_title(report))
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     path = Path(path)

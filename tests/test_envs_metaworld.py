@@ -240,7 +240,7 @@ def test_sampler_records_success_and_the_trainer_reports_rates():
         trainer.close()
 
 
-def test_evaluation_reports_success_on_the_held_out_goals_of_the_runs_benchmark():
+def test_evaluation_reports_success_on_the_held_out_goals_of_the_runs_benchmark(tmp_path):
     from maml_rl.config import load_config
     from maml_rl.evaluation import Method, evaluate_method, random_policy, sample_test_tasks
     from maml_rl.report import EvalSettings, EvaluationReport, format_table
@@ -261,6 +261,11 @@ def test_evaluation_reports_success_on_the_held_out_goals_of_the_runs_benchmark(
     result = evaluate_method(method, tasks, measured)  # Meta-World+: adapt on 2, measure on 3
     thirds = result.success * 3
     assert result.success.shape == (2, 2) and np.allclose(thirds, np.round(thirds))
+    from maml_rl.evaluation import evaluate
+
+    report = evaluate([method], measured, tmp_path, plots=True, stdout=False)
+    assert (tmp_path / "success.png").read_bytes()[:4] == b"\x89PNG"
+    assert report.to_dict()["eval_episodes"] == 3
 
 
 def test_training_logs_the_success_rates_before_and_after_adaptation(tmp_path):

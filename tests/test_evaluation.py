@@ -79,6 +79,7 @@ def test_evaluation_writes_files_and_a_finite_table(run_dir, tmp_path, capsys):
         assert (out / name).is_file(), name
     for name in ("returns.png", "trajectories.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "success.png").exists()  # navigation reports no success
     data = json.loads((out / "returns.json").read_text())
     assert data["episodes_per_task"] == 3 and data["num_tasks"] == 4
     (method,) = data["methods"]
@@ -176,6 +177,22 @@ def test_each_method_family_is_resolved_once(run_dir, tmp_path, monkeypatch):
     settings = EvalSettings(num_tasks=2, num_steps=1, env_steps=200, seed=1)
     evaluate(methods, settings, tmp_path / "once", plots=True, stdout=False)
     assert len(calls) == 2  # one per method, whatever evaluation does with it
+
+
+def test_success_plot_draws_each_method_that_reports_success(tmp_path):
+    from maml_rl.plots import _title, plot_success
+
+    settings = EvalSettings(num_tasks=3, num_steps=1, env_steps=1000, eval_episodes=3)
+    rates = np.array([[0.0, 1 / 3, 0.0], [1.0, 2 / 3, 1.0]])
+    results = [
+        MethodResult("MAML", "maml", "a", np.zeros((2, 3)), success=rates),
+        MethodResult("pretrained", "pretrained", "b", np.zeros((2, 3)), success=rates / 2),
+        MethodResult("no success", "random", "c", np.zeros((2, 3))),
+    ]
+    report = EvaluationReport("MAML/X-v0", settings, 500, 2, [], results)
+    path = plot_success(report, tmp_path / "success.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _title(report) == "MAML/X-v0: 3 test tasks, adapted on 2, measured on 3 rollouts"
 
 
 def test_path_plots_are_declared_by_the_family_not_by_its_id():
