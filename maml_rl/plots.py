@@ -64,8 +64,8 @@ def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
 
 
 def _title(report: EvaluationReport) -> str:
-    """``<env>: N test tasks, K rollouts per step`` (with separate measured rollouts: adapted
-    on K, measured on E)."""
+    """``<env>``, then ``N test tasks, K rollouts per step`` (with separate measured rollouts:
+    adapted on K, measured on E) on a second line."""
     s = report.settings
     tasks = "authors' test tasks" if s.test_tasks == "authors" else "test tasks"
     rollouts = (
@@ -73,7 +73,7 @@ def _title(report: EvaluationReport) -> str:
         if s.eval_episodes is None
         else f"adapted on {report.episodes_per_task}, measured on {s.eval_episodes} rollouts"
     )
-    return f"{report.env_id}: {s.num_tasks} {tasks}, {rollouts}"
+    return f"{report.env_id}\n{s.num_tasks} {tasks}, {rollouts}"
 
 
 def plot_success(report: EvaluationReport, path: str | Path) -> Path:

@@ -192,7 +192,7 @@ def test_success_plot_draws_each_method_that_reports_success(tmp_path):
     report = EvaluationReport("MAML/X-v0", settings, 500, 2, [], results)
     path = plot_success(report, tmp_path / "success.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert _title(report) == "MAML/X-v0: 3 test tasks, adapted on 2, measured on 3 rollouts"
+    assert _title(report) == "MAML/X-v0\n3 test tasks, adapted on 2, measured on 3 rollouts"
 
 
 def test_path_plots_are_declared_by_the_family_not_by_its_id():
