@@ -317,7 +317,12 @@ class MetaWorldEnv(TaskFamilyEnv, gym.Env):
         render_mode: Meta-World's (``rgb_array``, ``depth_array``, ``human``).
     """
 
-    metadata: dict[str, Any] = {"render_modes": ["rgb_array", "depth_array", "human"]}  # noqa: RUF012
+    # max_sub_envs: a stepped Meta-World env holds about 30 MB (meshes, textures), so a sampler
+    # builds batched envs of at most 100 of them (about 3 GB) and samples larger batches in parts
+    metadata: dict[str, Any] = {  # noqa: RUF012
+        "render_modes": ["rgb_array", "depth_array", "human"],
+        "max_sub_envs": 100,
+    }
 
     def __init__(
         self,

@@ -318,6 +318,9 @@ class FamilyDescription:
         plots_paths: the env's ``metadata["trajectory_plot"]`` (default False): observations
             start with the agent's 2D position and a task's ``as_array()`` is its 2D goal, so
             the evaluation draws the paths (``trajectories.png``; 2D navigation).
+        max_sub_envs: the env's ``metadata["max_sub_envs"]`` (default None: no limit): the most
+            sub-envs a sampler puts in one batched env of the family (memory-heavy envs such
+            as Meta-World's); larger batches are sampled in parts, with the same result.
     """
 
     observation_space: gym.Space
@@ -326,6 +329,7 @@ class FamilyDescription:
     samples_from_task_space: bool
     render_modes: tuple[str, ...]
     plots_paths: bool = False
+    max_sub_envs: int | None = None
 
 
 def describe_family(env_id: str, env_kwargs: dict[str, Any]) -> FamilyDescription:
@@ -345,6 +349,7 @@ def describe_family(env_id: str, env_kwargs: dict[str, Any]) -> FamilyDescriptio
             delegates and hasattr(inner, "task_space"),
             tuple(inner.metadata.get("render_modes", [])),
             bool(inner.metadata.get("trajectory_plot", False)),
+            inner.metadata.get("max_sub_envs"),
         )
     finally:
         env.close()
@@ -457,6 +462,11 @@ class TaskFamily:
     def plots_paths(self) -> bool:
         """Whether the evaluation draws this family's paths (see :class:`FamilyDescription`)."""
         return self.description.plots_paths
+
+    @property
+    def max_sub_envs(self) -> int | None:
+        """The most sub-envs in one batched env of the family (see :class:`FamilyDescription`)."""
+        return self.description.max_sub_envs
 
     def action_mapping(self, space: gym.spaces.Space | None = None) -> ActionMapping:
         """Policy actions -> env actions for ``space`` (default: the family's action space)."""

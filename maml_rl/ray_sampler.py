@@ -32,17 +32,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from maml_rl.batch import EpisodeBatch, episode_batch
+from maml_rl.batch import EpisodeBatch
 from maml_rl.errors import RunFailure
 from maml_rl.family import TaskFamily
 from maml_rl.policy import MLPPolicy, Params
-from maml_rl.sampler import VectorSampler
+from maml_rl.sampler import ShardArrays, VectorSampler, assemble, shard_arrays
 from maml_rl.seeding import task_seeds
 
 INSTALL_HINT = 'sampler=ray needs Ray: pip install -e ".[ray]" (or pip install "ray>=2.9")'
-
-ShardArrays = tuple[np.ndarray, ...]  # a shard's observations, actions, rewards, mask (numpy)
-# and, when the env reports info["success"], its per-step success flags
 
 
 def import_ray() -> Any:
@@ -57,25 +54,6 @@ def shard_indices(num_tasks: int, num_workers: int) -> list[list[int]]:
     """Contiguous, non-empty shards of ``range(num_tasks)``, sizes differing by at most one."""
     parts = np.array_split(np.arange(num_tasks), min(num_workers, num_tasks))
     return [[int(i) for i in part] for part in parts]
-
-
-def assemble(shards: Sequence[ShardArrays]) -> EpisodeBatch:
-    """Concatenate shards' ``(observations, actions, rewards, mask)`` along the task axis into
-    the batch the local sampler returns: zero-padded in time to the longest shard first, and
-    episode returns and lengths computed on the whole batch as the local sampler does (a sum
-    over a differently shaped tensor may round differently)."""
-    steps = max(s[0].shape[0] for s in shards)
-
-    def pad(x: np.ndarray) -> np.ndarray:
-        if x.shape[0] == steps:
-            return x
-        return np.pad(x, [(0, steps - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-
-    observations, actions, rewards, mask, *success = (
-        torch.from_numpy(np.concatenate([pad(s[i]) for s in shards], axis=1))
-        for i in range(min(len(s) for s in shards))
-    )
-    return episode_batch(observations, actions, rewards, mask, *success)
 
 
 class RaySamplerError(RunFailure):
@@ -170,8 +148,7 @@ class SamplerWorker:
         tasks, params, seeds = meta_batch
         torch_params = {name: torch.tensor(value) for name, value in params.items()}
         batch = self.sampler.sample_shard(tasks, torch_params, episodes_per_task, seeds, shard)
-        success = () if batch.success is None else (batch.success.numpy(),)
-        return (*(x.numpy() for x in batch[:4]), *success)
+        return shard_arrays(batch)
 
     def close(self) -> None:
         self.sampler.close()

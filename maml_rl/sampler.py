@@ -229,9 +229,16 @@ class VectorSampler:
         g_b = -log(-log u_b), u_b ~ U(0, 1), which is distributed as softmax(z); the batch
         stores the indices a ``[T, M, K]`` (int64), the env gets a + ``action_space.start``.
         Either way the noise (eps ``[T, K, act_dim]`` or u ``[T, K, n]``) of task m is drawn
-        up front from one generator seeded with its task seed.
+        up front from one generator seeded with its task seed. A family with a
+        ``max_sub_envs`` limit (Meta-World) is sampled in contiguous parts of tasks of at most
+        that many sub-envs (:func:`task_parts`), assembled into the same batch.
         """
-        return self.sample_shard(tasks, params, episodes_per_task, task_seeds(seed, len(tasks)))
+        seeds = task_seeds(seed, len(tasks))
+        parts = task_parts(len(tasks), int(episodes_per_task), self.family.max_sub_envs)
+        if len(parts) == 1:
+            return self.sample_shard(tasks, params, episodes_per_task, seeds)
+        shards = [self.sample_shard(tasks, params, episodes_per_task, seeds, p) for p in parts]
+        return assemble([shard_arrays(b) for b in shards])
 
     def sample_shard(
         self,
@@ -345,6 +352,45 @@ def shard_rows(
     return rows
 
 
+def task_parts(num_tasks: int, episodes_per_task: int, max_sub_envs: int | None) -> list[list[int]]:
+    """Contiguous parts of ``range(num_tasks)`` of at most ``max_sub_envs // episodes_per_task``
+    tasks each (at least one); one part when there is no limit or the batch fits."""
+    if max_sub_envs is None or num_tasks * episodes_per_task <= max_sub_envs:
+        return [list(range(num_tasks))]
+    size = max(1, max_sub_envs // max(1, episodes_per_task))
+    return [list(range(i, min(i + size, num_tasks))) for i in range(0, num_tasks, size)]
+
+
+ShardArrays = tuple[np.ndarray, ...]
+"""A shard's observations, actions, rewards, mask (numpy) and, when the env reports
+``info["success"]``, its per-step success flags."""
+
+
+def shard_arrays(batch: EpisodeBatch) -> ShardArrays:
+    """The arrays of a shard's batch that :func:`assemble` concatenates."""
+    success = () if batch.success is None else (batch.success.numpy(),)
+    return (*(x.numpy() for x in batch[:4]), *success)
+
+
+def assemble(shards: Sequence[ShardArrays]) -> EpisodeBatch:
+    """Concatenate shards' ``(observations, actions, rewards, mask)`` along the task axis into
+    the batch of the whole meta-batch: zero-padded in time to the longest shard first, and
+    episode returns and lengths computed on the whole batch as one sampler call does (a sum
+    over a differently shaped tensor may round differently)."""
+    steps = max(s[0].shape[0] for s in shards)
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        if x.shape[0] == steps:
+            return x
+        return np.pad(x, [(0, steps - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+    observations, actions, rewards, mask, *success = (
+        torch.from_numpy(np.concatenate([pad(s[i]) for s in shards], axis=1))
+        for i in range(min(len(s) for s in shards))
+    )
+    return episode_batch(observations, actions, rewards, mask, *success)
+
+
 def parameters_not_finite(params: Params, err: NonFiniteActions) -> NonFiniteRolloutError | None:
     """The error to raise for non-finite actions when the policy's parameters are not finite
     either (naming them), else None (the actions' own error stands)."""
@@ -379,10 +425,13 @@ __all__ = [
     "Episodes",
     "NonFiniteActions",
     "Sampler",
+    "ShardArrays",
     "VectorSampler",
+    "assemble",
     "gaussian_noise",
     "gumbel_noise",
     "run_episodes",
     "step_failed",
+    "task_parts",
     "wrong_observations",
 ]

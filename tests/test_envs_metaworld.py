@@ -280,3 +280,9 @@ def test_training_logs_the_success_rates_before_and_after_adaptation(tmp_path):
     for key in ("rollout/pre_success_rate", "rollout/post_success_rate"):
         assert key in header
         assert float(rows[0][key]) in {0.0, 0.25, 0.5, 0.75, 1.0}
+
+
+def test_the_meta_world_families_declare_their_sub_env_limit():
+    from maml_rl.family import TaskFamily
+
+    assert TaskFamily.make("MAML/MetaWorld-ML1-reach-v0").max_sub_envs == 100

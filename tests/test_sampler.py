@@ -213,3 +213,31 @@ def test_a_forward_that_raises_reaches_the_caller(monkeypatch):
     monkeypatch.setattr(policy, "forward", broken)
     with pytest.raises(RuntimeError, match="forward failed"):
         sampler.sample(tasks, policy.params(), episodes_per_task=2, seed=1)
+
+
+def test_a_family_with_a_sub_env_limit_is_sampled_in_parts_with_the_same_batch():
+    """A family whose env declares metadata["max_sub_envs"] (Meta-World: 100) never gets a
+    batched env above it; the batch assembled from the parts equals the one-call batch."""
+    import dataclasses
+
+    from maml_rl.sampler import task_parts
+
+    assert task_parts(4, 4, None) == [[0, 1, 2, 3]]
+    assert task_parts(4, 4, 16) == [[0, 1, 2, 3]]
+    assert task_parts(5, 4, 9) == [[0, 1], [2, 3], [4]]
+    assert task_parts(3, 10, 4) == [[0], [1], [2]]  # one task per part at least
+    policy, whole, tasks = _setup(num_tasks=5)
+    family = whole.family
+    limited = dataclasses.replace(
+        family, description=dataclasses.replace(family.description, max_sub_envs=9)
+    )
+    assert limited.max_sub_envs == 9 and family.max_sub_envs is None
+    parts = VectorSampler(limited, policy)
+    params = {k: v + 0.01 * torch.randn_like(v) for k, v in replicate(policy.params(), 5).items()}
+    a = whole.sample(tasks, params, episodes_per_task=4, seed=7)
+    b = parts.sample(tasks, params, episodes_per_task=4, seed=7)
+    for name, x, y in zip(a._fields, a, b):
+        assert (x is None and y is None) or torch.equal(x, y), name
+    assert max(parts._envs) <= 9 and sorted(parts._envs) == [4, 8]
+    whole.close()
+    parts.close()
