@@ -147,6 +147,7 @@ def adapt_and_measure(
         config.inner_lr,
         config.num_threads,
         learned,
+        sample_last=settings.eval_episodes is None,  # else the adapted policy is measured apart
     )
     batches = run.batches
     if settings.eval_episodes is not None:

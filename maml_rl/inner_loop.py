@@ -81,15 +81,21 @@ def adapt_on_fresh_rollouts(
     to_inputs: Callable[[EpisodeBatch, int], LossInputs],
     step: Step,
     timer: Phase = _untimed,
+    sample_last: bool = True,
 ) -> Adaptation:
     """``len(seeds) - 1`` adaptation steps, each on a fresh batch, then one batch more.
 
     Batch j is sampled with ``seeds[j]`` and the parameters after j steps; batches 0..S-1 are
-    turned into loss inputs (``to_inputs(batch, j)``) and stepped on (``step``).
+    turned into loss inputs (``to_inputs(batch, j)``) and stepped on (``step``). Without
+    ``sample_last`` the batch after the last step is not sampled (the caller measures the
+    adapted parameters ``params[S]`` on rollouts of its own).
     """
     out = Adaptation([], [], [])
     last = len(seeds) - 1
     for j, seed in enumerate(seeds):
+        if j == last and not sample_last:
+            out.params.append(params)
+            break
         with timer("sampling"):
             batch = sampler.sample(tasks, params, episodes_per_task, seed)
         out.batches.append(batch)
@@ -116,14 +122,16 @@ def fine_tune(
     inner_lr: float,
     num_threads: int | None = None,
     learned: InnerStepSizes | None = None,
+    sample_last: bool = True,
 ) -> Adaptation:
     """Test-time adaptation of ``policy`` (on the CPU, in this process) to ``tasks``: step j
     takes one :func:`gradient_step` of size ``schedule[j]`` from the current parameters, on
     rollouts sampled with ``seeds[j]``; ``len(seeds) == len(schedule) + 1``. With Meta-SGD's
     ``learned`` step sizes each step takes them times ``schedule[j] / inner_lr``
     (:func:`~maml_rl.meta_sgd.step_sizes_for`); ``inner_lr`` is training's step size.
-    ``what(j)`` names batch j in an :class:`~maml_rl.errors.UnusableBatchError`. The caller's
-    policy is left where it is: one on another device is copied to the CPU."""
+    ``what(j)`` names batch j in an :class:`~maml_rl.errors.UnusableBatchError`; without
+    ``sample_last`` the batch after the last step is not sampled. The caller's policy is left
+    where it is: one on another device is copied to the CPU."""
     if any(p.device.type != "cpu" for p in policy.parameters()):
         policy = copy.deepcopy(policy).cpu()
     steps = step_sizes_for(learned, schedule, inner_lr, detach=True)
@@ -140,6 +148,7 @@ def fine_tune(
             lambda j, params, inputs: gradient_step(
                 policy, params, inputs[-1], steps[j], objective
             ),
+            sample_last=sample_last,
         )
     finally:
         sampler.close()
