@@ -68,7 +68,7 @@ def run_folder(
     log_dir = Path(config.log_dir)
     if config.run_name:
         return _inside_log_dir(log_dir, str(config.run_name), "run_name")
-    name = default_run_name(config) if kind is None else default_run_name(config, kind)
+    name = default_run_name(config, kind)
     folder = _inside_log_dir(log_dir, name, "config_name")
     for i in itertools.count(2):
         if not folder.exists():
@@ -103,21 +103,22 @@ def locked_run_folder(folder: Path, *, new: bool) -> Iterator[bool]:
     written in it unless :func:`check_new_run_folder` accepts it, and checked again once locked.
     The lock (:func:`~maml_rl.files.lock_run_folder`) refuses a second command at once
     (:class:`~maml_rl.errors.RunFolderBusy`); a killed write's temporaries are removed under it.
-    When the block ends, by an exception or not, a folder this call created is removed again
-    if it holds nothing worth keeping (:func:`remove_unused_run_folder`).
+    When the block ends, by an exception or not, a folder this call created is removed again,
+    still under the lock, if it holds nothing worth keeping (:func:`remove_unused_run_folder`);
+    a command refused by the lock removes nothing.
     """
     created = not folder.exists()
     if new:
         check_new_run_folder(folder)
-    try:
-        with lock_run_folder(folder):
+    with lock_run_folder(folder):  # a second command is refused here, before it can clean up
+        try:
             remove_stale_temporaries(folder)
             if new:
                 check_new_run_folder(folder)  # again, now that no one else can start there
             yield created
-    finally:
-        if created:
-            remove_unused_run_folder(folder)
+        finally:
+            if created:  # still under the lock: no other command is using the folder
+                remove_unused_run_folder(folder)
 
 
 def check_new_run_folder(run_dir: Path) -> None:

@@ -205,3 +205,27 @@ def test_the_pretrained_marker_is_written_while_the_folder_is_locked(tmp_path, m
     monkeypatch.setattr(comparisons, "_write_marker", write_marker)
     folder = train_pretrained(_config(), tmp_path / "pre", stdout=False)
     assert seen == ["pretrained"] and (folder / "baseline.yaml").is_file()
+
+
+def test_a_command_refused_by_the_lock_removes_nothing(tmp_path, monkeypatch):
+    """Two starts both see the folder missing; the one refused by the lock must not clean up
+    the folder the other is running in (its removal happens under the lock only)."""
+    import contextlib
+
+    import maml_rl.run_folders as run_folders
+
+    folder = tmp_path / "run"
+
+    @contextlib.contextmanager
+    def taken_by_another(path):
+        path.mkdir()  # the other command got there first and wrote its config
+        (path / "config.yaml").write_text("env_id: MAML/Navigation2D-v0\n")
+        (path / ".lock").write_text("process 1\n")
+        raise RunFolderBusy(f"{path} is in use by process 1")
+        yield path  # pragma: no cover
+
+    monkeypatch.setattr(run_folders, "lock_run_folder", taken_by_another)
+    with pytest.raises(RunFolderBusy):
+        with run_folders.locked_run_folder(folder, new=True):
+            pass  # pragma: no cover
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "config.yaml"]
