@@ -43,7 +43,7 @@ from maml_rl.family import TaskFamily
 from maml_rl.files import atomic_write, atomic_write_text
 from maml_rl.run import TrainingCallback, train
 from maml_rl.run_folders import CONFIG_NAME, locked_run_folder, run_folder
-from maml_rl.sampler import run_episodes
+from maml_rl.sampler import run_episodes, task_parts
 from maml_rl.seeding import ORACLE_TASKS, derive_seed, episode_seeds, task_seeds
 from maml_rl.trainer import MAMLTrainer
 
@@ -87,12 +87,13 @@ def train_pretrained(
     timesteps: int | None = None,
     stdout: bool = True,
 ) -> Path:
-    """Multi-task TRPO (``num_inner_steps=0``) on the family; returns the run folder.
+    """Multi-task TRPO (``num_inner_steps=0``, so no Meta-SGD step sizes either) on the family;
+    returns the run folder.
 
     ``timesteps`` (optional) sets ``num_iterations`` from an env-step budget. A training run
     (:func:`~maml_rl.run.train`) whose ``baseline.yaml`` is written when it completes.
     """
-    changes: dict[str, Any] = {"num_inner_steps": 0}
+    changes: dict[str, Any] = {"num_inner_steps": 0, "meta_sgd": False}
     if timesteps is not None:
         changes["num_iterations"] = pretrained_iterations(config, timesteps)
     config = dataclasses.replace(config, **changes).validate()
@@ -347,7 +348,8 @@ def evaluate_oracle(
     deterministic: bool = False,
     num_threads: int | None = None,
 ) -> np.ndarray:
-    """Mean return of ``episodes_per_task`` rollouts per task, all tasks in one batched env.
+    """Mean return of ``episodes_per_task`` rollouts per task, all tasks in one batched env (in
+    parts of tasks for a family with a ``max_sub_envs`` limit, as the samplers).
 
     ``model`` is anything with SB3's ``predict(obs, deterministic=...)``: the policy of
     :func:`load_oracle` or a PPO model.
@@ -358,7 +360,37 @@ def evaluate_oracle(
     (:func:`~maml_rl.sampler.run_episodes`) from the same per-task seeds. Returns ``[N]``.
     """
     k, n_tasks = int(episodes_per_task), len(tasks)
-    env = family.make_batched_env(n_tasks * k, num_threads)
+    seeds = task_seeds(seed, n_tasks)
+    means = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for part in task_parts(range(n_tasks), k, family.max_sub_envs):
+            means.append(
+                _oracle_returns(
+                    model,
+                    family,
+                    [tasks[i] for i in part],
+                    [seeds[i] for i in part],
+                    k,
+                    deterministic,
+                    num_threads,
+                )
+            )
+    return np.concatenate(means)
+
+
+def _oracle_returns(
+    model: Any,
+    family: TaskFamily,
+    tasks: Sequence[Any],
+    seeds: Sequence[int],
+    k: int,
+    deterministic: bool,
+    num_threads: int | None,
+) -> np.ndarray:
+    """:func:`evaluate_oracle` for the tasks of one batched env (a family's ``max_sub_envs``
+    part): the mean return of each task's ``k`` rollouts, ``[len(tasks)]``."""
+    env = family.make_batched_env(len(tasks) * k, num_threads)
     task_arr = np.repeat(np.stack([np.asarray(t.as_array()) for t in tasks]), k, axis=0)
 
     def act(t: int, obs: np.ndarray) -> np.ndarray:
@@ -367,19 +399,17 @@ def evaluate_oracle(
         return actions
 
     try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            episodes = run_episodes(
-                env,
-                [t for t in tasks for _ in range(k)],
-                [x for s in task_seeds(seed, n_tasks) for x in episode_seeds(s, k)],
-                family.horizon,
-                act,
-                family.action_mapping(env.single_action_space),
-            )
+        episodes = run_episodes(
+            env,
+            [t for t in tasks for _ in range(k)],
+            [x for s in seeds for x in episode_seeds(s, k)],
+            family.horizon,
+            act,
+            family.action_mapping(env.single_action_space),
+        )
     finally:
         env.close()
-    total = np.zeros(n_tasks * k)
+    total = np.zeros(len(tasks) * k)
     for rewards_t in episodes.rewards:  # summed step by step, in float64
         total += rewards_t
-    return total.reshape(n_tasks, k).mean(axis=1)
+    return total.reshape(len(tasks), k).mean(axis=1)

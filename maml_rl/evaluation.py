@@ -303,8 +303,10 @@ def evaluate(
     """Evaluate methods of one task family on the same test tasks; write files and plots.
 
     Writes into ``output_dir`` (when given): ``returns.json``, ``returns.csv``,
-    ``returns.png`` (return vs gradient steps), ``trajectories.png`` for 2D navigation and,
-    with ``video``, rollout videos of the first adaptable method (locomotion families).
+    ``returns.png`` (return vs gradient steps), ``success.png`` for families that report
+    success (Meta-World), ``trajectories.png`` for families whose env declares
+    ``trajectory_plot`` (2D navigation) and, with ``video``, rollout videos of the first
+    adaptable method (families that render ``rgb_array``).
     Before any evaluation work the folder is checked (a folder or creatable, writable) and
     locked for the evaluation (:func:`~maml_rl.files.lock_run_folder`: a second evaluation into
     it is refused at once); ``returns.csv`` and ``returns.json`` are published together

@@ -332,6 +332,18 @@ class FamilyDescription:
     max_sub_envs: int | None = None
 
 
+def _max_sub_envs(env_id: str, value: Any) -> int | None:
+    """An env's ``metadata["max_sub_envs"]``: None or a positive int (else one clear line)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserEnvError(
+            f"{env_id}: metadata['max_sub_envs'] must be a positive integer (the most "
+            f"sub-envs in one batched env), got {value!r}"
+        )
+    return value
+
+
 def describe_family(env_id: str, env_kwargs: dict[str, Any]) -> FamilyDescription:
     """Build one env of the family, read its :class:`FamilyDescription`, close it. An env
     without ``sample_tasks(n, rng)`` is not a task family (``ValueError``)."""
@@ -349,7 +361,7 @@ def describe_family(env_id: str, env_kwargs: dict[str, Any]) -> FamilyDescriptio
             delegates and hasattr(inner, "task_space"),
             tuple(inner.metadata.get("render_modes", [])),
             bool(inner.metadata.get("trajectory_plot", False)),
-            inner.metadata.get("max_sub_envs"),
+            _max_sub_envs(env_id, inner.metadata.get("max_sub_envs")),
         )
     finally:
         env.close()

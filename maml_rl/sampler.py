@@ -209,7 +209,13 @@ class VectorSampler:
         self._envs: dict[int, gym.vector.VectorEnv] = {}
 
     def _env(self, num_envs: int) -> gym.vector.VectorEnv:
+        """The batched env of ``num_envs`` sub-envs, kept for the next call of that size; for a
+        family with a ``max_sub_envs`` limit at most the two latest sizes are kept (the parts of
+        :func:`task_parts`), so it holds at most twice the limit."""
         if num_envs not in self._envs:
+            if self.family.max_sub_envs is not None:
+                for size in list(self._envs)[:-1]:  # keep the latest other size only
+                    self._envs.pop(size).close()
             self._envs[num_envs] = self.family.make_batched_env(num_envs, self.num_threads)
         return self._envs[num_envs]
 
@@ -229,16 +235,9 @@ class VectorSampler:
         g_b = -log(-log u_b), u_b ~ U(0, 1), which is distributed as softmax(z); the batch
         stores the indices a ``[T, M, K]`` (int64), the env gets a + ``action_space.start``.
         Either way the noise (eps ``[T, K, act_dim]`` or u ``[T, K, n]``) of task m is drawn
-        up front from one generator seeded with its task seed. A family with a
-        ``max_sub_envs`` limit (Meta-World) is sampled in contiguous parts of tasks of at most
-        that many sub-envs (:func:`task_parts`), assembled into the same batch.
+        up front from one generator seeded with its task seed.
         """
-        seeds = task_seeds(seed, len(tasks))
-        parts = task_parts(len(tasks), int(episodes_per_task), self.family.max_sub_envs)
-        if len(parts) == 1:
-            return self.sample_shard(tasks, params, episodes_per_task, seeds)
-        shards = [self.sample_shard(tasks, params, episodes_per_task, seeds, p) for p in parts]
-        return assemble([shard_arrays(b) for b in shards])
+        return self.sample_shard(tasks, params, episodes_per_task, task_seeds(seed, len(tasks)))
 
     def sample_shard(
         self,
@@ -254,10 +253,27 @@ class VectorSampler:
         returned batch holds the ``shard`` tasks in that order. The policy forward always runs
         over all M task slots (rows of tasks outside the shard are zeros), so every task's
         actions are bit-identical whichever shard it is sampled in: BLAS kernels may round
-        differently for other batch shapes, and the physics would amplify that.
+        differently for other batch shapes, and the physics would amplify that. A family with a
+        ``max_sub_envs`` limit (Meta-World) has the shard sampled in contiguous parts of at most
+        that many sub-envs (:func:`task_parts`), assembled into the same batch (:func:`assemble`).
         """
         k = int(episodes_per_task)
         rows = shard_rows(len(tasks), params, k, seeds, shard)
+        parts = task_parts(rows, k, self.family.max_sub_envs)
+        if len(parts) == 1:
+            return self._sample_rows(tasks, params, k, seeds, rows)
+        batches = [self._sample_rows(tasks, params, k, seeds, part) for part in parts]
+        return assemble([shard_arrays(b) for b in batches])
+
+    def _sample_rows(
+        self,
+        tasks: Sequence[Any],
+        params: Params,
+        k: int,
+        seeds: Sequence[int],
+        rows: list[int],
+    ) -> EpisodeBatch:
+        """The episodes of the tasks ``rows`` in one batched env of ``len(rows) * k`` sub-envs."""
         env = self._env(len(rows) * k)
         to_env = self.family.action_mapping(env.single_action_space)
         cpu_params = {
@@ -265,7 +281,7 @@ class VectorSampler:
         }
         obs_dim = env.single_observation_space.shape[0]
         act = self._actor(cpu_params, len(tasks), rows, k, seeds, obs_dim, to_env.shape)
-        with torch.no_grad():
+        with torch.no_grad():  # this thread's; the forwards run without grad on theirs
             try:
                 episodes = run_episodes(
                     env,
@@ -352,13 +368,19 @@ def shard_rows(
     return rows
 
 
-def task_parts(num_tasks: int, episodes_per_task: int, max_sub_envs: int | None) -> list[list[int]]:
-    """Contiguous parts of ``range(num_tasks)`` of at most ``max_sub_envs // episodes_per_task``
-    tasks each (at least one); one part when there is no limit or the batch fits."""
-    if max_sub_envs is None or num_tasks * episodes_per_task <= max_sub_envs:
-        return [list(range(num_tasks))]
+def task_parts(
+    rows: Sequence[int], episodes_per_task: int, max_sub_envs: int | None
+) -> list[list[int]]:
+    """``rows`` (task indices) in as few contiguous parts of at most ``max_sub_envs //
+    episodes_per_task`` tasks each (at least one) as the limit allows, their sizes within one
+    task of each other (so a sampler builds at most two env sizes); one part when there is no
+    limit or the batch fits."""
+    rows = list(rows)
+    if max_sub_envs is None or len(rows) * episodes_per_task <= max_sub_envs:
+        return [rows]
     size = max(1, max_sub_envs // max(1, episodes_per_task))
-    return [list(range(i, min(i + size, num_tasks))) for i in range(0, num_tasks, size)]
+    count = -(-len(rows) // size)  # as few parts as the limit allows, sizes within one task
+    return [[int(i) for i in part] for part in np.array_split(rows, count)]
 
 
 ShardArrays = tuple[np.ndarray, ...]

@@ -229,3 +229,8 @@ def test_a_command_refused_by_the_lock_removes_nothing(tmp_path, monkeypatch):
         with run_folders.locked_run_folder(folder, new=True):
             pass  # pragma: no cover
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "config.yaml"]
+
+
+def test_a_pretrained_baseline_of_a_meta_sgd_config_has_no_step_sizes(tmp_path):
+    folder = train_pretrained(_config(meta_sgd=True), tmp_path / "pretrained", stdout=False)
+    assert (folder / "baseline.yaml").is_file()

@@ -222,10 +222,11 @@ def test_a_family_with_a_sub_env_limit_is_sampled_in_parts_with_the_same_batch()
 
     from maml_rl.sampler import task_parts
 
-    assert task_parts(4, 4, None) == [[0, 1, 2, 3]]
-    assert task_parts(4, 4, 16) == [[0, 1, 2, 3]]
-    assert task_parts(5, 4, 9) == [[0, 1], [2, 3], [4]]
-    assert task_parts(3, 10, 4) == [[0], [1], [2]]  # one task per part at least
+    assert task_parts(range(4), 4, None) == [[0, 1, 2, 3]]
+    assert task_parts(range(4), 4, 16) == [[0, 1, 2, 3]]
+    assert task_parts(range(5), 4, 9) == [[0, 1], [2, 3], [4]]
+    assert task_parts(range(50), 3, 100) == [list(range(25)), list(range(25, 50))]
+    assert task_parts([3, 4, 5], 10, 4) == [[3], [4], [5]]  # one task per part at least
     policy, whole, tasks = _setup(num_tasks=5)
     family = whole.family
     limited = dataclasses.replace(
@@ -239,5 +240,23 @@ def test_a_family_with_a_sub_env_limit_is_sampled_in_parts_with_the_same_batch()
     for name, x, y in zip(a._fields, a, b):
         assert (x is None and y is None) or torch.equal(x, y), name
     assert max(parts._envs) <= 9 and sorted(parts._envs) == [4, 8]
+    assert_shards_make_the_whole_batch(parts, tasks, params)  # shards (Ray's path) split too
     whole.close()
     parts.close()
+
+
+@pytest.mark.parametrize("value", ["100", 0, -3, 2.5, True])
+def test_a_bad_sub_env_limit_is_one_clear_line(value):
+    from maml_envs.navigation import Navigation2DEnv
+    from maml_rl.errors import UserEnvError
+
+    class Limited(Navigation2DEnv):
+        metadata = {**Navigation2DEnv.metadata, "max_sub_envs": value}  # noqa: RUF012
+
+    name = f"MAMLTest/LimitedNavigation-{abs(hash(repr(value)))}-v0"
+    gym.register(name, entry_point=Limited, max_episode_steps=5)
+    try:
+        with pytest.raises(UserEnvError, match=r"metadata\['max_sub_envs'\] must be a positive"):
+            TaskFamily.make(name)
+    finally:
+        gym.registry.pop(name, None)
