@@ -260,3 +260,17 @@ def test_a_bad_sub_env_limit_is_one_clear_line(value):
             TaskFamily.make(name)
     finally:
         gym.registry.pop(name, None)
+
+
+def test_a_forward_that_hangs_ends_the_wait_at_the_deadline(monkeypatch):
+    import time
+
+    import maml_rl.forward_thread as forward_thread
+
+    monkeypatch.setattr(forward_thread, "FORWARD_DEADLINE_S", 0.2)
+    slow = forward_thread.on_forward_thread(lambda: time.sleep(1.0))
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match="forward thread"):
+        slow()
+    assert time.perf_counter() - start < 0.9
+    time.sleep(0.9)  # let the slow call finish before the next test uses the thread
