@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -51,9 +51,15 @@ def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
             color=_COLORS.get(r.kind),
             label=r.display_label,
         )
-    ax.set_xticks(steps)
+    return _finish(fig, ax, report, "average return (mean ± s.e. over tasks)", path)
+
+
+def _finish(fig: Any, ax: Any, report: EvaluationReport, ylabel: str, path: str | Path) -> Path:
+    """Axes labels, the title (:func:`_title`), grid and legend of a plot against the number
+    of gradient steps; saved to ``path``."""
+    ax.set_xticks(np.arange(report.settings.num_steps + 1))
     ax.set_xlabel("number of gradient steps")
-    ax.set_ylabel("average return (mean ± s.e. over tasks)")
+    ax.set_ylabel(ylabel)
     ax.set_title(_title(report))
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
@@ -66,14 +72,11 @@ def plot_returns(report: EvaluationReport, path: str | Path) -> Path:
 def _title(report: EvaluationReport) -> str:
     """``<env>``, then ``N test tasks, K rollouts per step`` (with separate measured rollouts:
     adapted on K, measured on E) on a second line."""
+    from maml_rl.report import rollouts_text
+
     s = report.settings
     tasks = "authors' test tasks" if s.test_tasks == "authors" else "test tasks"
-    rollouts = (
-        f"{report.episodes_per_task} rollouts per step"
-        if s.eval_episodes is None
-        else f"adapted on {report.episodes_per_task}, measured on {s.eval_episodes} rollouts"
-    )
-    return f"{report.env_id}\n{s.num_tasks} {tasks}, {rollouts}"
+    return f"{report.env_id}\n{s.num_tasks} {tasks}, {rollouts_text(report, short=True)}"
 
 
 def plot_success(report: EvaluationReport, path: str | Path) -> Path:
@@ -98,17 +101,8 @@ def plot_success(report: EvaluationReport, path: str | Path) -> Path:
             color=color,
             label=r.display_label,
         )
-    ax.set_xticks(steps)
     ax.set_ylim(-5, 105)
-    ax.set_xlabel("number of gradient steps")
-    ax.set_ylabel("success rate, % (mean ± s.e. over tasks)")
-    ax.set_title(_title(report))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, report, "success rate, % (mean ± s.e. over tasks)", path)
 
 
 def plot_trajectories(

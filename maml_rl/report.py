@@ -156,6 +156,18 @@ class EvaluationReport:
         }
 
 
+def rollouts_text(report: EvaluationReport, short: bool = False) -> str:
+    """What each step's numbers come from: ``K rollouts per task and step``, or with separate
+    measured rollouts ``adapted on K rollouts per task and step, measured on E others``
+    (``short``: ``K rollouts per step``, ``adapted on K, measured on E rollouts``; plot titles)."""
+    k, e = report.episodes_per_task, report.settings.eval_episodes
+    if e is None:
+        return f"{k} rollouts per step" if short else f"{k} rollouts per task and step"
+    if short:
+        return f"adapted on {k}, measured on {e} rollouts"
+    return f"adapted on {k} rollouts per task and step, measured on {e} others"
+
+
 def format_table(report: EvaluationReport) -> str:
     """Mean return +- standard error over the test tasks, one row per method, one column per
     number of gradient steps (an oracle's single number sits in the 0-step column)."""
@@ -180,15 +192,9 @@ def format_table(report: EvaluationReport) -> str:
 
     s = report.settings
     tasks = "the authors' " if s.test_tasks == "authors" else ""
-    rollouts = (
-        f"{report.episodes_per_task} rollouts per task and step"
-        if s.eval_episodes is None
-        else f"adapted on {report.episodes_per_task} rollouts per task and step, measured on "
-        f"{s.eval_episodes} others"
-    )
     title = (
         f"{report.env_id}: mean return ± s.e. over {tasks}{s.num_tasks} test tasks "
-        f"(seed {s.seed}, {rollouts})"
+        f"(seed {s.seed}, {rollouts_text(report)})"
     )
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
