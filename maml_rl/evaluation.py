@@ -21,7 +21,6 @@ Every method's family is resolved once (:attr:`Method.family`) and handed down.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -45,7 +44,7 @@ from maml_rl.files import (
     lock_run_folder,
     remove_stale_output_temporaries,
 )
-from maml_rl.inner_loop import fine_tune, step_sizes
+from maml_rl.inner_loop import cpu_policy, fine_tune, step_sizes
 from maml_rl.labels import DEFAULT_LABELS, maml_variant_label
 from maml_rl.meta_sgd import InnerStepSizes
 from maml_rl.policy import MLPPolicy, Params
@@ -177,9 +176,7 @@ def measure_rollouts(
     ``params[j]`` (seeds :func:`evaluation_seed`), on the CPU in this process: the measured
     rollouts of Meta-World+'s protocol, none of them adapted on."""
     assert settings.eval_episodes is not None
-    if any(p.device.type != "cpu" for p in policy.parameters()):
-        policy = copy.deepcopy(policy).cpu()
-    sampler = VectorSampler(family, policy, num_threads)
+    sampler = VectorSampler(family, cpu_policy(policy), num_threads)
     try:
         return [
             sampler.sample(tasks, p, settings.eval_episodes, evaluation_seed(settings.seed, j))

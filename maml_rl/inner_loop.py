@@ -109,6 +109,14 @@ def adapt_on_fresh_rollouts(
     return out
 
 
+def cpu_policy(policy: MLPPolicy) -> MLPPolicy:
+    """``policy`` itself when it is on the CPU, else a copy on the CPU (the caller's is left
+    where it is): test-time rollouts run in this process, on the CPU."""
+    if any(p.device.type != "cpu" for p in policy.parameters()):
+        return copy.deepcopy(policy).cpu()
+    return policy
+
+
 def fine_tune(
     policy: MLPPolicy,
     family: TaskFamily,
@@ -132,8 +140,7 @@ def fine_tune(
     ``what(j)`` names batch j in an :class:`~maml_rl.errors.UnusableBatchError`; without
     ``sample_last`` the batch after the last step is not sampled. The caller's policy is left
     where it is: one on another device is copied to the CPU."""
-    if any(p.device.type != "cpu" for p in policy.parameters()):
-        policy = copy.deepcopy(policy).cpu()
+    policy = cpu_policy(policy)
     steps = step_sizes_for(learned, schedule, inner_lr, detach=True)
     steps = [{k: a.cpu() for k, a in lr.items()} if isinstance(lr, dict) else lr for lr in steps]
     sampler = VectorSampler(family, policy, num_threads)

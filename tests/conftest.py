@@ -26,6 +26,27 @@ def _seed_and_threads():
 
 
 # -- configs and run folders ---------------------------------------------------------------
+SMALL_SIZES: dict[str, Any] = dict(
+    meta_batch_size=2,
+    episodes_per_task=2,
+    hidden_sizes=[8],
+    max_episode_steps=5,
+    torch_threads=1,
+    num_threads=1,
+)
+"""The smallest navigation run the run-folder and signal tests start (with :func:`tiny_config`)."""
+SMALL_ARGS = [
+    "meta_batch_size=2",
+    "episodes_per_task=2",
+    "hidden_sizes=[8]",
+    "max_episode_steps=5",
+    "torch_threads=1",
+    "num_threads=1",
+    "progress_bar=false",
+]
+""":data:`SMALL_SIZES` as ``--set`` arguments of the command line (no progress bar)."""
+
+
 def tiny_config(**overrides: Any) -> TrainConfig:
     """A validated navigation config for quick runs: no progress bar, seed 3, checkpoints only
     at the end, named ``test``; ``overrides`` set the sizes and anything else."""

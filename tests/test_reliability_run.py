@@ -22,32 +22,15 @@ from maml_rl.errors import ConfigError
 from maml_rl.logger import read_progress
 from maml_rl.run import resume, train
 from maml_rl.run_folders import remove_unused_run_folder
-from tests.conftest import tiny_config
+from tests.conftest import SMALL_ARGS, SMALL_SIZES, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IT = "time/iteration"
-TINY = [
-    "meta_batch_size=2",
-    "episodes_per_task=2",
-    "hidden_sizes=[8]",
-    "max_episode_steps=5",
-    "torch_threads=1",
-    "num_threads=1",
-    "progress_bar=false",
-]
+TINY = SMALL_ARGS
 
 
 def _config(**overrides) -> TrainConfig:
-    sizes = dict(
-        meta_batch_size=2,
-        episodes_per_task=2,
-        hidden_sizes=[8],
-        max_episode_steps=5,
-        torch_threads=1,
-        num_threads=1,
-        num_iterations=2,
-        checkpoint_every=1000,
-    )
+    sizes = dict(SMALL_SIZES, num_iterations=2, checkpoint_every=1000)
     return tiny_config(**{**sizes, **overrides})
 
 

@@ -26,32 +26,15 @@ from maml_rl.run_folders import (
     random_init_folder,
     run_name,
 )
-from tests.conftest import tiny_config
+from tests.conftest import SMALL_ARGS, SMALL_SIZES, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAMP = r"\d{8}-\d{6}"
-TINY = [
-    "meta_batch_size=2",
-    "episodes_per_task=2",
-    "hidden_sizes=[8]",
-    "max_episode_steps=5",
-    "num_iterations=1",
-    "torch_threads=1",
-    "num_threads=1",
-    "progress_bar=false",
-]
+TINY = [*SMALL_ARGS, "num_iterations=1"]
 
 
 def _config(**overrides) -> TrainConfig:
-    sizes = dict(
-        meta_batch_size=2,
-        episodes_per_task=2,
-        hidden_sizes=[8],
-        max_episode_steps=5,
-        torch_threads=1,
-        num_threads=1,
-        num_iterations=1,
-    )
+    sizes = dict(SMALL_SIZES, num_iterations=1)
     return tiny_config(**{**sizes, **overrides})
 
 
