@@ -58,8 +58,11 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
         reset_noise_scale: scale ``s`` of the initial-state noise.
         num_threads: threads of the physics pool (default ``os.cpu_count()``).
         step_stage: ``mjtStage`` computed at the new state after each step (0: none, derived
-            fields then describe the state before the last substep, as after ``mj_step``); a
-            non-zero stage makes the batch persistent, so that the next step continues from it.
+            fields then describe the state before the last substep, as after ``mj_step``).
+        persistent: keep one ``MjData`` per sub-env (``mujoco.batch``'s ``persistent``), so
+            that the next step continues from the stages computed at the new state instead of
+            recomputing them; bit-identical either way, and which is faster depends on the
+            model (see :class:`maml_envs.rllab_locomotion.RllabTask`).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
         reset_noise_scale: float = 0.1,
         num_threads: int | None = None,
         step_stage: int = 0,
+        persistent: bool = False,
     ):
         self._init_task_family(num_envs, task_space, max_episode_steps, task)
         if num_threads is None:
@@ -87,7 +91,7 @@ class MujocoTaskVectorEnv(TaskFamilyVectorEnv):
         self.num_threads = int(num_threads)
         self.step_stage = int(step_stage)
         self.batch = mj_batch.Batch(
-            model, nsim=self.num_envs, nthread=self.num_threads, persistent=self.step_stage > 0
+            model, nsim=self.num_envs, nthread=self.num_threads, persistent=persistent
         )
         self._qpos = self.batch.bind("qpos")
         self._qvel = self.batch.bind("qvel")

@@ -67,6 +67,13 @@ CASES: dict[str, dict[str, Any]] = {
         "max_episode_steps": 15,
         "num_iterations": 1,
     },
+    "ant_rllab": {
+        "env_id": "MAML/AntVel-rllab-v0",
+        "meta_batch_size": 2,
+        "episodes_per_task": 3,
+        "max_episode_steps": 40,
+        "num_iterations": 1,
+    },
 }
 
 

@@ -202,6 +202,32 @@ def test_vector_equals_singles(env_id):
     assert all(done)
 
 
+@pytest.mark.parametrize("env_id", [CHEETAH_IDS[0], ANT_IDS[0]])
+def test_persistent_and_per_thread_batches_are_bit_identical(env_id, monkeypatch):
+    """The batch's ``persistent`` choice (``RllabTask.persistent_batch``) is speed only: with
+    the other choice every observation, reward, termination and info value is the same bit for
+    bit, over whole episodes on 2 physics threads, with finished sub-envs no longer stepped."""
+    from maml_envs import rllab_locomotion
+
+    tasks = some_tasks(env_id, 6, seed=3)
+
+    def run(persistent: bool) -> list:
+        family = rllab_locomotion._Ant if "Ant" in env_id else rllab_locomotion._Cheetah
+        monkeypatch.setattr(family, "persistent_batch", persistent)
+        venv = make_vec(env_id, 6)
+        assert venv.unwrapped.batch.persistent is persistent
+        out = [venv.reset(seed=list(range(6)), options={"tasks": tasks})[0]]
+        high = venv.single_action_space.high
+        rng = np.random.default_rng(7)
+        for _ in range(200):
+            obs, rew, term, trunc, info = venv.step(rng.uniform(-high, high, (6, high.size)))
+            out += [obs, rew, term, trunc, *info.values()]
+        return out
+
+    for a, b in zip(run(True), run(False), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_ant_termination_when_torso_leaves_healthy_range():
     venv = make_vec("MAML/AntDir-rllab-v0", 2)
     venv.reset(seed=0)
