@@ -35,8 +35,8 @@ from maml_rl.family import (
     user_code_failed,
     wrong_sub_env_observation,
 )
-from maml_rl.forward_thread import on_forward_thread
 from maml_rl.policy import MLPPolicy, Params, is_task_batched
+from maml_rl.rollout_thread import Progress, on_rollout_thread
 from maml_rl.seeding import episode_seeds, task_seeds
 
 
@@ -131,6 +131,7 @@ def run_episodes(
     horizon: int,
     act: Callable[[int, np.ndarray], np.ndarray],
     to_env: ActionMapping,
+    tick: Callable[[], None] | None = None,
 ) -> Episodes:
     """One episode per sub-env of ``env``, sub-env i set to ``tasks[i]`` and reset with
     ``seeds[i]``, for at most ``horizon`` steps or until every episode has ended.
@@ -139,6 +140,8 @@ def run_episodes(
     returns the policy's actions, ``[n, *to_env.shape]`` (``[n, act_dim]`` for a Box, ``[n]``
     indices for a Discrete); ``to_env`` maps them onto the env's action space. Steps after an
     episode ended hold zeros, so a sub-env's rows do not depend on how long the others ran.
+    ``tick()``, if given, is called once per time step (the rollout thread's progress, which
+    may raise to cancel the rollout).
 
     A misbehaving env is one line: its ``reset``/``step`` raising, or returning observations of
     another shape than its observation space, a :class:`~maml_rl.errors.UserEnvError`; a
@@ -159,6 +162,8 @@ def run_episodes(
         raise wrong_observations(env, obs, "reset()")
     steps = horizon
     for t in range(horizon):
+        if tick is not None:
+            tick()
         obs_buf[t] = obs
         mask_buf[t] = ~finished
         act_buf[t] = act(t, obs_buf[t])
@@ -281,21 +286,21 @@ class VectorSampler:
         }
         obs_dim = env.single_observation_space.shape[0]
         act = self._actor(cpu_params, len(tasks), rows, k, seeds, obs_dim, to_env.shape)
-        with torch.no_grad():  # this thread's; the forwards run without grad on theirs
-            try:
-                episodes = run_episodes(
-                    env,
-                    [tasks[i] for i in rows for _ in range(k)],
-                    [x for i in rows for x in episode_seeds(seeds[i], k)],
-                    self.horizon,
-                    on_forward_thread(act),
-                    to_env,
-                )
-            except NonFiniteActions as err:
-                cause = parameters_not_finite(cpu_params, err)
-                if cause is None:
-                    raise
-                raise cause from err
+        sub_env_tasks = [tasks[i] for i in rows for _ in range(k)]
+        sub_env_seeds = [x for i in rows for x in episode_seeds(seeds[i], k)]
+
+        def rollout(progress: Progress) -> Episodes:
+            return run_episodes(
+                env, sub_env_tasks, sub_env_seeds, self.horizon, act, to_env, progress.tick
+            )
+
+        try:
+            episodes = on_rollout_thread(rollout)
+        except NonFiniteActions as err:
+            cause = parameters_not_finite(cpu_params, err)
+            if cause is None:
+                raise
+            raise cause from err
         return shard_batch(episodes, len(rows), k)
 
     def _actor(

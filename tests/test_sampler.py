@@ -160,7 +160,7 @@ def test_unnormalize_is_exact_clipping_for_unit_bounds():
 
 def test_forwards_run_single_threaded_and_the_callers_threads_never_change(monkeypatch):
     """The policy forward of every step runs with one torch thread, without autograd, on the
-    forward thread; the sampling thread's torch thread count is never touched."""
+    rollout thread; the sampling caller's torch thread count is never touched."""
     policy, sampler, tasks = _setup()
     sampler.sample(tasks, policy.params(), episodes_per_task=1, seed=0)  # the thread exists
     seen = []
@@ -182,18 +182,18 @@ def test_forwards_run_single_threaded_and_the_callers_threads_never_change(monke
     finally:
         real_set(before)
     assert seen and set(seen) == {(1, False)}
-    assert set_calls == []  # the forward thread set its own count once, when it started
+    assert set_calls == []  # the rollout thread set its own count once, when it started
 
 
-def test_starting_the_forward_thread_changes_no_other_threads_count():
+def test_starting_the_rollout_thread_changes_no_other_threads_count():
     import subprocess
     import sys
 
     code = (
         "import threading, torch\n"
-        "from maml_rl.forward_thread import on_forward_thread\n"
+        "from maml_rl.rollout_thread import on_rollout_thread\n"
         "torch.set_num_threads(2)\n"
-        "worker = on_forward_thread(torch.get_num_threads)()\n"
+        "worker = on_rollout_thread(lambda progress: torch.get_num_threads())\n"
         "later = []\n"
         "t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))\n"
         "t.start(); t.join()\n"
@@ -201,7 +201,7 @@ def test_starting_the_forward_thread_changes_no_other_threads_count():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["1", "2", "2"]  # forward thread, caller, a thread made later
+    assert done.stdout.split() == ["1", "2", "2"]  # rollout thread, caller, a thread made later
 
 
 def test_a_forward_that_raises_reaches_the_caller(monkeypatch):
@@ -262,15 +262,37 @@ def test_a_bad_sub_env_limit_is_one_clear_line(value):
         gym.registry.pop(name, None)
 
 
-def test_a_forward_that_hangs_ends_the_wait_at_the_deadline(monkeypatch):
+def test_a_rollout_step_that_hangs_ends_the_wait_at_the_deadline_and_cancels_it(monkeypatch):
+    """The deadline is on progress: a rollout that keeps ticking runs past it; one whose step
+    takes longer ends the caller's wait, and its next tick cancels it."""
     import time
 
-    import maml_rl.forward_thread as forward_thread
+    import maml_rl.rollout_thread as rollout_thread
 
-    monkeypatch.setattr(forward_thread, "FORWARD_DEADLINE_S", 0.2)
-    slow = forward_thread.on_forward_thread(lambda: time.sleep(1.0))
+    monkeypatch.setattr(rollout_thread, "STEP_DEADLINE_S", 0.2)
+
+    def steady(progress):  # 0.6 s in all, a tick every 0.05 s
+        for _ in range(12):
+            progress.tick()
+            time.sleep(0.05)
+        return "done"
+
+    assert rollout_thread.on_rollout_thread(steady) == "done"
+    ended = []
+
+    def hangs(progress):
+        progress.tick()
+        time.sleep(0.6)  # one step over the deadline
+        try:
+            progress.tick()
+        except rollout_thread.RolloutCancelled:
+            ended.append("cancelled")
+            raise
+        ended.append("went on")
+
     start = time.perf_counter()
-    with pytest.raises(TimeoutError, match="forward thread"):
-        slow()
-    assert time.perf_counter() - start < 0.9
-    time.sleep(0.9)  # let the slow call finish before the next test uses the thread
+    with pytest.raises(TimeoutError, match="rollout step took over"):
+        rollout_thread.on_rollout_thread(hangs)
+    assert time.perf_counter() - start < 0.55
+    assert rollout_thread.on_rollout_thread(lambda progress: "next") == "next"  # runs after it
+    assert ended == ["cancelled"]
