@@ -3,16 +3,23 @@
 Runs ``--warmup`` + ``--iterations`` meta-iterations of each ``--preset`` and prints, as a table
 and as JSON: median seconds per meta-iteration split into sampling, advantages, adaptation and
 the meta-step (TRPO gradient, conjugate gradient, line search); the sampler's env-steps/s next
-to, measured in the same run, the physics limit (MuJoCo families: raw ``mujoco.rollout`` with
-the same number of states, frame skip and threads, without the stages an env computes at the new
-state; navigation: the batched env alone with random actions), the sampler's own batched env
-stepped alone (the same stages, observations and rewards, actions like the initial policy's, no
-policy: the sampler's ceiling), a naive reference (Gymnasium envs stepped one at a time, one
-policy forward per env), and the process's peak memory (max RSS). Unless ``--no-roofline``, the
-meta-step's roofline (``scripts/roofline.py``): GFLOP of one gradient, one curvature
-(Fisher-vector) product and one line-search evaluation, their seconds, the attainable
-matrix-multiply rate at the same shapes measured in the same run, and achieved / attainable for
-each.
+to, measured in the same run and all with actions like the initial policy's (N(0, 1) in the
+policy's space, through the family's action mapping):
+
+* the physics limit: MuJoCo families, raw ``mujoco.rollout`` with the same number of states,
+  frame skip and threads, without the stages an env computes at the new state; navigation, the
+  batched env alone;
+* the physics of the same stages: the sampler's own ``mujoco.batch`` stepped as its env steps
+  it (frame skip, the stages at the new state such as the exact tasks' ``mj_forward``, the same
+  persistence), without observations, rewards or policy: the honest limit of a sampler of
+  these envs;
+* the sampler's own batched env stepped alone (the same, plus its observations and rewards);
+* a naive reference (Gymnasium envs stepped one at a time, one policy forward per env);
+
+and the process's peak memory (max RSS). Unless ``--no-roofline``, the meta-step's roofline
+(``scripts/roofline.py``): GFLOP of one gradient, one curvature (Fisher-vector) product and one
+line-search evaluation, their seconds, the attainable matrix-multiply rate at the same shapes
+measured in the same run, and achieved / attainable for each.
 
 With ``--sampler ray`` the run samples on Ray workers (``--num-workers``, ``--ray-address``) and
 also reports the per-call overhead: the median time of a ``RaySampler.sample`` call minus that
@@ -58,21 +65,49 @@ ROOFLINE_KEYS = [
 META_PARTS = ("gradient", "cg", "line_search")
 
 
+def policy_like_actions(trainer: MAMLTrainer, num_envs: int, steps: int) -> np.ndarray:
+    """(steps, num_envs, act_dim) env actions distributed like the initial policy's: N(0, 1)
+    in the policy's space, through the family's action mapping (seeded)."""
+    space = trainer.sampler._env(num_envs).single_action_space
+    rng = np.random.default_rng(0)
+    actions = rng.standard_normal((steps, num_envs, space.shape[0])).astype(np.float32)
+    return trainer.family.action_mapping(space)(actions)
+
+
 def physics_limit(trainer: MAMLTrainer, num_envs: int, steps: int, threads: int) -> float:
     """Env-steps/s of the physics alone for ``num_envs`` states (see the module docstring)."""
     env = trainer.sampler._env(num_envs).unwrapped  # the sampler's own batched env
-    rng = np.random.default_rng(0)
+    actions = policy_like_actions(trainer, num_envs, steps)
     if hasattr(env, "model"):
-        return time_raw_rollout(env.model, num_envs, steps, env.frame_skip, threads, rng)
+        return time_raw_rollout(env.model, num_envs, steps, env.frame_skip, threads, actions)
     env.reset(seed=0, options={"tasks": trainer.sample_tasks(0)[:1] * num_envs})
-    space = env.single_action_space
-    actions = rng.uniform(space.low, space.high, (steps, num_envs, space.shape[0]))
     start = time.perf_counter()
     done = 0
     for t in range(steps):
         env.step(actions[t])
         done += num_envs
     return done / (time.perf_counter() - start)
+
+
+def physics_same_stages(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
+    """Env-steps/s of the sampler's own ``mujoco.batch`` stepped as its env steps it (frame
+    skip, stages at the new state, persistence), from the env's initial states of one
+    iteration's tasks, every sub-env stepped, no observations or rewards; NaN for an env
+    without one (navigation)."""
+    env = trainer.sampler._env(num_envs)
+    batch = getattr(env.unwrapped, "batch", None)
+    if batch is None:
+        return float("nan")
+    tasks = trainer.sample_tasks(0)
+    per_task = num_envs // len(tasks)
+    reset_with_tasks(env, [t for t in tasks for _ in range(per_task)], list(range(num_envs)))
+    actions = policy_like_actions(trainer, num_envs, min(steps, trainer.family.horizon))
+    ctrl, unwrapped = batch.bind("ctrl"), env.unwrapped
+    start = time.perf_counter()
+    for step_actions in actions:
+        ctrl[:] = step_actions
+        batch.step(nstep=unwrapped.frame_skip, stage=unwrapped.step_stage)
+    return actions.shape[0] * num_envs / (time.perf_counter() - start)
 
 
 def env_alone(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
@@ -82,20 +117,16 @@ def env_alone(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
     policy's (N(0, 1) in the policy's space, through the family's action mapping) and no
     policy forward. The sampler's ceiling: what it adds to this is its own per-step work."""
     env = trainer.sampler._env(num_envs)
-    space = env.single_action_space
-    if not isinstance(space, gym.spaces.Box):
+    if not isinstance(env.single_action_space, gym.spaces.Box):
         return float("nan")
-    to_env = trainer.family.action_mapping(space)
-    rng = np.random.default_rng(0)
-    actions = rng.standard_normal((steps, num_envs, space.shape[0])).astype(np.float32)
+    actions = policy_like_actions(trainer, num_envs, min(steps, trainer.family.horizon))
     tasks = trainer.sample_tasks(0)
     per_task = num_envs // len(tasks)
     reset_with_tasks(env, [t for t in tasks for _ in range(per_task)], list(range(num_envs)))
-    steps = min(steps, trainer.family.horizon)
     start = time.perf_counter()
-    for t in range(steps):
-        env.step(to_env(actions[t]))
-    return num_envs * steps / (time.perf_counter() - start)
+    for step_actions in actions:
+        env.step(step_actions)
+    return actions.shape[0] * num_envs / (time.perf_counter() - start)
 
 
 def naive_reference(trainer: MAMLTrainer, num_envs: int, steps: int) -> float:
@@ -175,11 +206,12 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
     sampling_rate = med(r.env_steps / r.timings["sampling"] for _, r in rows)
     extra: dict = {}
     if config.sampler == "ray":  # the physics limit and naive reference are the local runs'
-        limit = naive = alone = float("nan")
+        limit = naive = alone = same_stages = float("nan")
         extra = {"sampler": f"ray x{config.num_workers}", "startup_s": startup}
         extra.update(ray_overhead(trainer, args.overhead_calls))
     else:
         limit = physics_limit(trainer, num_envs, args.physics_steps, threads)
+        same_stages = physics_same_stages(trainer, num_envs, args.physics_steps)
         alone = env_alone(trainer, num_envs, args.physics_steps)
         naive = naive_reference(trainer, min(num_envs, args.naive_envs), args.naive_steps)
     out = {
@@ -197,9 +229,11 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
         "env_steps_per_iteration": med(r.env_steps for _, r in rows),
         "sampler_steps_per_s": sampling_rate,
         "physics_limit_steps_per_s": limit,
+        "physics_same_stages_steps_per_s": same_stages,
         "env_alone_steps_per_s": alone,
         "naive_steps_per_s": naive,
         "sampler_over_limit": sampling_rate / limit,
+        "sampler_over_same_stages": sampling_rate / same_stages,
         "sampler_over_env_alone": sampling_rate / alone,
         "sampler_over_naive": sampling_rate / naive,
         **extra,
@@ -245,9 +279,11 @@ def main() -> None:
         "meta_step_fraction",
         "sampler_steps_per_s",
         "physics_limit_steps_per_s",
+        "physics_same_stages_steps_per_s",
         "env_alone_steps_per_s",
         "naive_steps_per_s",
         "sampler_over_limit",
+        "sampler_over_same_stages",
         "sampler_over_env_alone",
         "sampler_over_naive",
     ]

@@ -81,9 +81,10 @@ def time_raw_rollout(
     steps: int,
     frame_skip: int,
     threads: int,
-    rng: np.random.Generator,
+    actions: np.ndarray,
 ) -> float:
-    """(c) steps/s of ``mujoco.rollout`` alone, chained step by step like an env."""
+    """(c) steps/s of ``mujoco.rollout`` alone, chained step by step like an env, with the
+    controls ``actions`` ``[steps, num_envs, nu]`` held for each step's frame skip."""
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
     data = mujoco.MjData(model)
     state0 = np.empty(mujoco.mj_stateSize(model, spec))
@@ -94,7 +95,6 @@ def time_raw_rollout(
     ctrl = np.empty((num_envs, frame_skip, model.nu))
     models = [model] * num_envs
     datas = [mujoco.MjData(model) for _ in range(threads)]
-    actions = rng.uniform(-1, 1, (steps, num_envs, model.nu))
     with rollout.Rollout(nthread=threads) as pool:
         start = time.perf_counter()
         for t in range(steps):
@@ -133,7 +133,8 @@ def main() -> None:
     batched, model, frame_skip = time_batched(
         args.env, args.num_envs, args.steps, args.threads, rng
     )
-    raw = time_raw_rollout(model, args.num_envs, args.steps, frame_skip, args.threads, rng)
+    controls = rng.uniform(-1, 1, (args.steps, args.num_envs, model.nu))
+    raw = time_raw_rollout(model, args.num_envs, args.steps, frame_skip, args.threads, controls)
     result = {
         "env": args.env,
         "num_envs": args.num_envs,
