@@ -5,8 +5,10 @@ Measured, in one run so that the ratios share the machine's load:
 
   (a) ``MAML/MetaWorld-ML1-<task>`` batched env in this process (``num_workers=0``), and
       Gymnasium's ``SyncVectorEnv`` of single envs (the generic fallback);
-  (b) the batched env over ``--workers`` worker processes (``num_workers``), and Gymnasium's
-      ``AsyncVectorEnv`` (one process per sub-env);
+  (b) the batched env over ``--workers`` worker processes (``num_workers``), Gymnasium's
+      ``AsyncVectorEnv`` (one process per sub-env), and ``--workers`` Ray actors each stepping
+      an in-process batched env of its share of the sub-envs (what ``sampler=ray`` does per
+      shard), stepped in parallel and waited for at every step (``--skip-ray`` to skip);
   (c) raw physics: ``mj_step`` x frame_skip on the same model, one env, no Python around it.
 
     python scripts/benchmark_metaworld.py --task push-v3 --num-envs 20 --steps 100 --workers 2
@@ -15,6 +17,7 @@ Measured, in one run so that the ratios share the machine's load:
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import gymnasium as gym
@@ -59,6 +62,41 @@ def async_rate(env_id: str, tasks: list, steps: int) -> float:
         venv.close()
 
 
+def ray_rate(env_id: str, tasks: list, steps: int, workers: int) -> float:
+    """Env steps per second of ``workers`` local Ray actors, each stepping a batched env of a
+    contiguous share of ``tasks`` for all ``steps`` in one call (as ``sampler=ray`` samples a
+    shard's episodes in one call), from the calls to their results (deadline 600 s)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Shard:
+        def __init__(self, shard_tasks: list, seeds: list) -> None:
+            __import__("maml_envs")  # registers the ids in the actor's process
+            self.venv = gym.make_vec(
+                env_id, num_envs=len(shard_tasks), vectorization_mode="vector_entry_point"
+            )
+            self.venv.reset(seed=seeds, options={"tasks": shard_tasks})
+
+        def run(self, actions: np.ndarray) -> int:
+            for step_actions in actions:
+                self.venv.step(step_actions)
+            return actions.shape[0] * actions.shape[1]
+
+    n = len(tasks)
+    parts = list(itertools.pairwise(np.linspace(0, n, workers + 1).astype(int)))
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        shards = [Shard.remote(tasks[a:b], list(range(a, b))) for a, b in parts]
+        actions = np.random.default_rng(0).uniform(-1, 1, size=(steps + 1, n, 4))
+        ray.get([s.run.remote(actions[:1, a:b]) for s, (a, b) in zip(shards, parts)], timeout=600)
+        start = time.perf_counter()
+        calls = [s.run.remote(actions[1:, a:b]) for s, (a, b) in zip(shards, parts)]
+        done = sum(ray.get(calls, timeout=600))
+        return done / (time.perf_counter() - start)
+    finally:
+        ray.shutdown()
+
+
 def raw_rate(task, steps: int) -> float:
     env = make_sawyer(task.task_name)
     env.set_task(task.to_metaworld())
@@ -79,6 +117,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-async", action="store_true", help="skip AsyncVectorEnv")
+    parser.add_argument("--skip-ray", action="store_true", help="skip the Ray actors")
     args = parser.parse_args()
     env_id = f"MAML/MetaWorld-ML1-{args.task.removesuffix('-v3')}-v0"
     goals = benchmark_split("ML1", args.task, 0)[0][args.task]
@@ -102,6 +141,10 @@ def main() -> None:
     rates[f"b: batched env, {args.workers} worker processes"] = native(args.workers)
     if not args.skip_async:
         rates[f"b: AsyncVectorEnv, {n} processes"] = async_rate(env_id, tasks, steps)
+    if not args.skip_ray:
+        rates[f"b: {args.workers} Ray actors, batched env each"] = ray_rate(
+            env_id, tasks, steps, args.workers
+        )
     rates["c: raw mj_step x frame_skip, 1 env"] = raw_rate(tasks[0], steps * 10)
     base = rates["a: batched env, in process"]
     print(f"{env_id}: {n} sub-envs x {steps} steps (env steps per second; ratio to a, in process)")

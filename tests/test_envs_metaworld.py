@@ -212,7 +212,7 @@ def _tiny_reach(*overrides: str):
     from maml_rl.config import load_config
 
     tiny = ["num_iterations=1", "meta_batch_size=2", "episodes_per_task=2"]
-    tiny += ["max_episode_steps=12", "hidden_sizes=[8]", "progress_bar=false"]
+    tiny += ["max_episode_steps=12", "hidden_sizes=[8]", "progress_bar=false", "sampler=vector"]
     return load_config("metaworld-ml1-reach", [*tiny, *overrides])
 
 
@@ -286,3 +286,12 @@ def test_the_meta_world_families_declare_their_sub_env_limit():
     from maml_rl.family import TaskFamily
 
     assert TaskFamily.make("MAML/MetaWorld-ML1-reach-v0").max_sub_envs == 100
+
+
+def test_the_meta_world_presets_sample_on_ray():
+    """The fastest back-end measured on 2 idle cores (docs/metaworld.md): 2 local Ray actors."""
+    from maml_rl.config import load_config
+
+    for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45"):
+        config = load_config(f"metaworld-{name}")
+        assert (config.sampler, config.num_workers, config.ray_address) == ("ray", 2, "local")

@@ -224,6 +224,22 @@ def test_cheetah_one_worker_equals_the_local_sampler(cluster):
         sampler.close()
 
 
+def test_meta_world_with_success_flags_equals_the_local_sampler(cluster):
+    """Meta-World ML1 (its presets sample on Ray): two workers, the same batch, success included."""
+    pytest.importorskip("metaworld")
+    family = TaskFamily.make("MAML/MetaWorld-ML1-reach-v0", max_episode_steps=12)
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(39, 4, (8,), nonlinearity="tanh")
+    tasks = family.training_tasks(0, 0, 3)
+    local = VectorSampler(family, policy).sample(tasks, policy.params(), 2, seed=4)
+    assert local.success is not None
+    sampler = RaySampler(family, policy, num_workers=2)
+    try:
+        assert_same_batch(sampler.sample(tasks, policy.params(), 2, seed=4), local)
+    finally:
+        sampler.close()
+
+
 @pytest.mark.parametrize("num_workers", [2, 3])
 def test_categorical_policy_on_the_tabular_mdp_equals_the_local_sampler(cluster, num_workers):
     """Discrete actions (Gumbel-max from per-task uniforms): the same int64 batches."""
