@@ -135,23 +135,23 @@ def rllab_ant_model() -> mujoco.MjModel:
 
 
 # --- observations, velocity, rewards and termination from (N, ...) MjData fields ------------
-FIELDS = ("qpos", "qvel", "xmat", "subtree_com", "subtree_linvel", "cfrc_ext")
-"""The MjData fields the rllab tasks' observations, rewards and terminations read."""
-
-
 class Fields:
-    """The MjData fields of :data:`FIELDS`, each with a leading sub-env axis (N, ...), taken
-    from ``source`` once, when made: a batch's derived fields must be bound before its first
-    call (a field bound later reads zero until the next call); another name is an error."""
+    """The MjData fields ``names`` a robot's observations, rewards and terminations read
+    (:attr:`RllabTask.fields`), each with a leading sub-env axis (N, ...), taken from ``source``
+    once, when made: a batch's derived fields must be bound before its first call (a field
+    bound later reads zero until the next call), and each bound field is copied out after every
+    call, so only these are; another name is an error."""
 
-    def __init__(self, source: Callable[[str], np.ndarray]):
-        self._arrays = {name: source(name) for name in FIELDS}
+    def __init__(self, source: Callable[[str], np.ndarray], names: tuple[str, ...]):
+        self._arrays = {name: source(name) for name in names}
 
     def __getattr__(self, name: str) -> np.ndarray:
         try:
             return self._arrays[name]
         except KeyError:
-            raise AttributeError(f"{name!r} is not one of the fields {FIELDS}") from None
+            raise AttributeError(
+                f"{name!r} is not one of the fields {tuple(self._arrays)}"
+            ) from None
 
 
 def com_velocity(fields: Any) -> np.ndarray:
@@ -202,6 +202,8 @@ class RllabTask:
     model_fn: ClassVar[Callable[[], mujoco.MjModel]]
     observe: ClassVar[Callable[[Any], np.ndarray]]
     obs_dim: ClassVar[int]
+    fields: ClassVar[tuple[str, ...]]
+    """The MjData fields its observations, rewards and terminations read."""
     step_stage: ClassVar[int]
     """The ``mjtStage`` the batched env computes at the new state (rllab's ``model.forward()``)."""
     persistent_batch: ClassVar[bool]
@@ -219,6 +221,7 @@ class _Cheetah(RllabTask):
     model_fn = staticmethod(rllab_half_cheetah_model)
     observe = staticmethod(cheetah_observation)
     obs_dim = 20
+    fields = ("qpos", "qvel", "subtree_com", "subtree_linvel")
     step_stage = mujoco.mjtStage.mjSTAGE_VEL.value
     persistent_batch = True
 
@@ -241,6 +244,7 @@ class _Ant(RllabTask):
     model_fn = staticmethod(rllab_ant_model)
     observe = staticmethod(ant_observation)
     obs_dim = 125
+    fields = ("qpos", "qvel", "xmat", "subtree_com", "subtree_linvel", "cfrc_ext")
     step_stage = mujoco.mjtStage.mjSTAGE_ACC.value
     persistent_batch = False
 
@@ -315,7 +319,7 @@ class RllabLocomotionEnv(TaskFamilyEnv, MujocoEnv):
         return model, mujoco.MjData(model)  # MjData starts at qpos0 (the ant's rllab pose)
 
     def _fields(self) -> Fields:
-        return Fields(lambda name: getattr(self.data, name)[None])
+        return Fields(lambda name: getattr(self.data, name)[None], self._family.fields)
 
     def _get_obs(self) -> np.ndarray:
         return self._family.observe(self._fields())[0]
@@ -375,7 +379,7 @@ class RllabLocomotionVectorEnv(MujocoTaskVectorEnv):
         )
         self.render_mode = render_mode
         self._family = family
-        self._fields = Fields(self.batch.bind)
+        self._fields = Fields(self.batch.bind, family.fields)
 
     def _sample_initial_state(self) -> tuple[np.ndarray, np.ndarray]:
         nq, nv = self.model.nq, self.model.nv

@@ -263,36 +263,65 @@ def test_a_bad_sub_env_limit_is_one_clear_line(value):
 
 
 def test_a_rollout_step_that_hangs_ends_the_wait_at_the_deadline_and_cancels_it(monkeypatch):
-    """The deadline is on progress: a rollout that keeps ticking runs past it; one whose step
-    takes longer ends the caller's wait, and its next tick cancels it."""
+    """The deadline is on each step: a rollout whose steps each end within it runs as long as
+    it needs; one step longer than the deadline (also under twice it) ends the caller's wait,
+    and its next tick cancels the rollout; a rollout queued behind it runs after it."""
     import time
 
     import maml_rl.rollout_thread as rollout_thread
 
-    monkeypatch.setattr(rollout_thread, "STEP_DEADLINE_S", 0.2)
+    monkeypatch.setattr(rollout_thread, "STEP_DEADLINE_S", 0.3)
 
-    def steady(progress):  # 0.6 s in all, a tick every 0.05 s
-        for _ in range(12):
-            progress.tick()
-            time.sleep(0.05)
-        return "done"
+    def steps_of(*seconds, ended=None):
+        def work(progress):
+            for s in seconds:
+                progress.tick()
+                time.sleep(s)
+            try:
+                progress.tick()
+            except rollout_thread.RolloutCancelled:
+                ended.append("cancelled")
+                raise
+            return "done"
 
-    assert rollout_thread.on_rollout_thread(steady) == "done"
+        return work
+
+    assert rollout_thread.on_rollout_thread(steps_of(*[0.2] * 5)) == "done"  # 1 s in all
     ended = []
-
-    def hangs(progress):
-        progress.tick()
-        time.sleep(0.6)  # one step over the deadline
-        try:
-            progress.tick()
-        except rollout_thread.RolloutCancelled:
-            ended.append("cancelled")
-            raise
-        ended.append("went on")
-
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match="rollout step took over"):
-        rollout_thread.on_rollout_thread(hangs)
-    assert time.perf_counter() - start < 0.55
-    assert rollout_thread.on_rollout_thread(lambda progress: "next") == "next"  # runs after it
+        rollout_thread.on_rollout_thread(steps_of(0.1, 0.45, ended=ended))  # 1.5x the deadline
+    assert 0.35 < time.perf_counter() - start < 0.5
+    monkeypatch.setattr(rollout_thread, "STEP_DEADLINE_S", 5.0)
+    assert rollout_thread.on_rollout_thread(lambda progress: "next") == "next"  # after it
     assert ended == ["cancelled"]
+
+
+def test_an_interrupted_caller_waits_for_its_rollout_to_stop(monkeypatch):
+    """Ctrl-C (or SIGTERM, which the CLI turns into KeyboardInterrupt) while a rollout runs: the
+    rollout is cancelled at its next step, and the caller returns only once it has stopped, so
+    that the env is no longer stepped when the caller closes it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import maml_rl.rollout_thread as rollout_thread
+
+    state = []
+
+    def long_rollout(progress):
+        try:
+            for _ in range(100):
+                progress.tick()
+                time.sleep(0.05)
+        except rollout_thread.RolloutCancelled:
+            time.sleep(0.1)  # finishing its step
+            state.append("stopped")
+            raise
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        rollout_thread.on_rollout_thread(long_rollout)
+    assert state == ["stopped"]
