@@ -22,7 +22,7 @@ from maml_rl.inner_loop import fine_tune, step_sizes
 from maml_rl.meta_sgd import MetaPolicy
 from maml_rl.policy import MLPPolicy, Params, is_task_batched
 from maml_rl.seeding import derive_seed
-from maml_rl.settings import AdvantageSettings
+from maml_rl.settings import AdvantageSettings, SamplerSettings
 
 
 def make_env(config: TrainConfig, task: Any = None) -> gym.Env:
@@ -120,7 +120,7 @@ def adapt(
         config.inner_objective,
         lambda j: "adaptation",
         config.inner_lr,
-        config.num_threads,
+        config.part(SamplerSettings),
         meta.step_sizes,
     )
     returns = [float(batch.episode_returns.double().mean()) for batch in run.batches]

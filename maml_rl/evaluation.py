@@ -57,9 +57,9 @@ from maml_rl.report import (
     write_report,
 )
 from maml_rl.run import policy_from_state
-from maml_rl.sampler import VectorSampler
+from maml_rl.sampler import make_sampler
 from maml_rl.seeding import TEST_STREAM, derive_seed
-from maml_rl.settings import AdvantageSettings, PolicySettings
+from maml_rl.settings import AdvantageSettings, PolicySettings, SamplerSettings
 from maml_rl.trainer import make_policy
 
 
@@ -144,13 +144,14 @@ def adapt_and_measure(
         config.inner_objective,
         lambda j: f"evaluation, step {j + 1} batch",
         config.inner_lr,
-        config.num_threads,
+        config.part(SamplerSettings),
         learned,
         sample_last=settings.eval_episodes is None,  # else the adapted policy is measured apart
     )
     batches = run.batches
     if settings.eval_episodes is not None:
-        batches = measure_rollouts(policy, family, tasks, run.params, settings, config.num_threads)
+        sampling = config.part(SamplerSettings)
+        batches = measure_rollouts(policy, family, tasks, run.params, settings, sampling)
     returns = [b.episode_returns.double().mean(dim=1).numpy() for b in batches]
     flags = [episode_success(b) for b in batches]
     success = (
@@ -170,13 +171,14 @@ def measure_rollouts(
     tasks: Sequence[Any],
     params: Sequence[Params],
     settings: EvalSettings,
-    num_threads: int | None = None,
+    sampling: SamplerSettings | None = None,
 ) -> list[EpisodeBatch]:
     """``settings.eval_episodes`` fresh rollouts per task with each step's parameters
-    ``params[j]`` (seeds :func:`evaluation_seed`), on the CPU in this process: the measured
-    rollouts of Meta-World+'s protocol, none of them adapted on."""
+    ``params[j]`` (seeds :func:`evaluation_seed`), on the CPU, sampled by the back-end
+    ``sampling`` names (default this process): the measured rollouts of Meta-World+'s
+    protocol, none of them adapted on."""
     assert settings.eval_episodes is not None
-    sampler = VectorSampler(family, cpu_policy(policy), num_threads)
+    sampler = make_sampler(family, cpu_policy(policy), sampling or SamplerSettings())
     try:
         return [
             sampler.sample(tasks, p, settings.eval_episodes, evaluation_seed(settings.seed, j))

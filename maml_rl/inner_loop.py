@@ -23,8 +23,8 @@ from maml_rl.batch import EpisodeBatch, LossInputs, loss_inputs
 from maml_rl.family import TaskFamily
 from maml_rl.meta_sgd import InnerStepSizes, step_sizes_for
 from maml_rl.policy import MLPPolicy, Params
-from maml_rl.sampler import Sampler, VectorSampler
-from maml_rl.settings import AdvantageSettings
+from maml_rl.sampler import Sampler, make_sampler
+from maml_rl.settings import AdvantageSettings, SamplerSettings
 
 
 def batch_loss_inputs(batch: EpisodeBatch, settings: AdvantageSettings, what: str) -> LossInputs:
@@ -111,7 +111,7 @@ def adapt_on_fresh_rollouts(
 
 def cpu_policy(policy: MLPPolicy) -> MLPPolicy:
     """``policy`` itself when it is on the CPU, else a copy on the CPU (the caller's is left
-    where it is): test-time rollouts run in this process, on the CPU."""
+    where it is): test-time rollouts and steps run on the CPU."""
     if any(p.device.type != "cpu" for p in policy.parameters()):
         return copy.deepcopy(policy).cpu()
     return policy
@@ -128,11 +128,12 @@ def fine_tune(
     objective: str,
     what: Callable[[int], str],
     inner_lr: float,
-    num_threads: int | None = None,
+    sampling: SamplerSettings | None = None,
     learned: InnerStepSizes | None = None,
     sample_last: bool = True,
 ) -> Adaptation:
-    """Test-time adaptation of ``policy`` (on the CPU, in this process) to ``tasks``: step j
+    """Test-time adaptation of ``policy`` (on the CPU; sampled by the back-end ``sampling``
+    names, default this process) to ``tasks``: step j
     takes one :func:`gradient_step` of size ``schedule[j]`` from the current parameters, on
     rollouts sampled with ``seeds[j]``; ``len(seeds) == len(schedule) + 1``. With Meta-SGD's
     ``learned`` step sizes each step takes them times ``schedule[j] / inner_lr``
@@ -143,7 +144,7 @@ def fine_tune(
     policy = cpu_policy(policy)
     steps = step_sizes_for(learned, schedule, inner_lr, detach=True)
     steps = [{k: a.cpu() for k, a in lr.items()} if isinstance(lr, dict) else lr for lr in steps]
-    sampler = VectorSampler(family, policy, num_threads)
+    sampler = make_sampler(family, policy, sampling or SamplerSettings())
     try:
         return adapt_on_fresh_rollouts(
             sampler,

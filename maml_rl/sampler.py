@@ -10,7 +10,7 @@ dimension), and the environment steps all M*K sub-environments at once. Actions 
 from pre-drawn per-task noise by the policy's distribution (``policy.distribution``,
 :mod:`maml_rl.distributions`: Gaussian noise for a ``Box``, Gumbel noise and Gumbel-max for a
 ``Discrete``). The sampler is an
-interface (:class:`Sampler`); :func:`maml_rl.trainer.make_sampler` builds the back-end a config
+interface (:class:`Sampler`); :func:`maml_rl.sampler.make_sampler` builds the back-end a config
 names (this one, or Ray workers: :mod:`maml_rl.ray_sampler`), both giving the same batches.
 """
 
@@ -38,6 +38,7 @@ from maml_rl.family import (
 from maml_rl.policy import MLPPolicy, Params, is_task_batched
 from maml_rl.rollout_thread import Progress, on_rollout_thread
 from maml_rl.seeding import episode_seeds, task_seeds
+from maml_rl.settings import SamplerSettings
 
 
 class Sampler(Protocol):
@@ -347,6 +348,26 @@ class VectorSampler:
         self._envs.clear()
 
 
+def make_sampler(family: TaskFamily, policy: MLPPolicy, settings: SamplerSettings) -> Sampler:
+    """The sampling back-end ``settings.sampler`` names, for the family and policy (training,
+    evaluation and the API's adaptation all sample through it):
+    :class:`~maml_rl.sampler.VectorSampler` (``vector``, this process) or
+    :class:`~maml_rl.ray_sampler.RaySampler` (``ray``); both give the same batches."""
+    if settings.sampler == "ray":
+        from maml_rl.ray_sampler import RaySampler
+
+        return RaySampler(
+            family,
+            policy,
+            settings.num_threads,
+            num_workers=settings.num_workers,
+            address=settings.ray_address,
+            max_retries=settings.ray_max_retries,
+            timeout_s=settings.ray_timeout_s,
+        )
+    return VectorSampler(family, policy, settings.num_threads)
+
+
 def shard_rows(
     num_tasks: int,
     params: Params,
@@ -457,6 +478,7 @@ __all__ = [
     "assemble",
     "gaussian_noise",
     "gumbel_noise",
+    "make_sampler",
     "run_episodes",
     "step_failed",
     "task_parts",

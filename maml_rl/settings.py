@@ -16,7 +16,7 @@ Groups (who receives them):
 * :class:`InnerLoopSettings`, :class:`TRPOSettings` and :class:`ClippedSettings`, together
   :class:`MetaLearnerSettings` (:class:`~maml_rl.meta_learner.MetaLearner` for ``maml-trpo``,
   :class:`~maml_rl.clipped_meta.ClippedMetaLearner` for ``maml-ppo`` and ``promp``).
-* :class:`SamplerSettings`: the sampling back-end (:func:`~maml_rl.trainer.make_sampler`).
+* :class:`SamplerSettings`: the sampling back-end (:func:`~maml_rl.sampler.make_sampler`).
 * :class:`RunSettings`: seed, iterations, device, checkpoints, logging (:mod:`maml_rl.run`).
 """
 
@@ -47,7 +47,7 @@ NONLINEARITIES = ("relu", "tanh")
 """Hidden-layer activations of the policy, the one list (:data:`maml_rl.policy.ACTIVATIONS`
 maps each name to its torch function)."""
 SAMPLERS = ("vector", "ray")
-"""Sampling back-ends (:func:`maml_rl.trainer.make_sampler`)."""
+"""Sampling back-ends (:func:`maml_rl.sampler.make_sampler`)."""
 
 
 MAX_INT = 2**31 - 1

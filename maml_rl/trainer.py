@@ -30,7 +30,7 @@ from maml_rl.meta_optimizers import MetaOptimizer, StepResult, make_meta_optimiz
 from maml_rl.meta_sgd import InnerStepSizes, MetaPolicy
 from maml_rl.policy import MLPPolicy, make_mlp_policy
 from maml_rl.resources import check_memory
-from maml_rl.sampler import Sampler, VectorSampler
+from maml_rl.sampler import Sampler, make_sampler
 from maml_rl.seeding import FISHER, INNER, POST_UPDATE, derive_seed
 from maml_rl.settings import (
     AdvantageSettings,
@@ -65,25 +65,6 @@ def make_meta_policy(family: TaskFamily, config: TrainConfig) -> MetaPolicy:
     step sizes beside it, all starting at ``inner_lr``."""
     policy = make_policy(family, config.part(PolicySettings))
     return MetaPolicy.fresh(policy, config.inner_lr if config.meta_sgd else None)
-
-
-def make_sampler(family: TaskFamily, policy: MLPPolicy, settings: SamplerSettings) -> Sampler:
-    """The sampling back-end ``settings.sampler`` names, for the family and policy:
-    :class:`~maml_rl.sampler.VectorSampler` (``vector``, this process) or
-    :class:`~maml_rl.ray_sampler.RaySampler` (``ray``); both give the same batches."""
-    if settings.sampler == "ray":
-        from maml_rl.ray_sampler import RaySampler
-
-        return RaySampler(
-            family,
-            policy,
-            settings.num_threads,
-            num_workers=settings.num_workers,
-            address=settings.ray_address,
-            max_retries=settings.ray_max_retries,
-            timeout_s=settings.ray_timeout_s,
-        )
-    return VectorSampler(family, policy, settings.num_threads)
 
 
 @dataclass

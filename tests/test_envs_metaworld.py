@@ -245,7 +245,7 @@ def test_evaluation_reports_success_on_the_held_out_goals_of_the_runs_benchmark(
     from maml_rl.evaluation import Method, evaluate_method, random_policy, sample_test_tasks
     from maml_rl.report import EvalSettings, EvaluationReport, format_table
 
-    overrides = ["max_episode_steps=12", "hidden_sizes=[8]", "seed=4"]
+    overrides = ["max_episode_steps=12", "hidden_sizes=[8]", "seed=4", "sampler=vector"]
     config = load_config("metaworld-ml1-reach", overrides)
     tasks = sample_test_tasks(config, 2, seed=0)
     _, held_out = meta_world.benchmark_split("ML1", "reach-v3", 4)

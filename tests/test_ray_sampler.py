@@ -361,3 +361,26 @@ def test_local_address_starts_and_stops_its_own_ray(tmp_path):
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_evaluation_on_ray_equals_the_local_evaluation(cluster, monkeypatch):
+    """``maml-rl evaluate`` samples with the run's back-end: a run configured for Ray adapts
+    and is measured on it with the local evaluation's numbers, to the bit."""
+    from maml_rl.evaluation import Method, evaluate_method, random_policy, sample_test_tasks
+    from maml_rl.report import EvalSettings
+
+    calls = []
+    real_sample = RaySampler.sample
+    monkeypatch.setattr(
+        RaySampler, "sample", lambda self, *a: calls.append(1) or real_sample(self, *a)
+    )
+    results = []
+    for sampler in ("vector", "ray"):
+        config = _config(sampler=sampler, num_workers=2)
+        tasks = sample_test_tasks(config, 3, seed=0)
+        settings = EvalSettings(num_tasks=3, num_steps=2, env_steps=300, eval_episodes=2)
+        method = Method("MAML", "maml", "x", config, policy=random_policy(config))
+        results.append(evaluate_method(method, tasks, settings))
+    local, distributed = results
+    assert len(calls) == 2 + 3  # adaptation batches for steps 0 and 1; 3 measured batches
+    np.testing.assert_array_equal(local.returns, distributed.returns)
