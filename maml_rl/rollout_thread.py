@@ -2,7 +2,8 @@
 
 A rollout asks the policy for actions once per time step. That forward is small, and torch's
 OpenMP workers spin-waiting between steps steal the cores the batched physics threads need
-(measured: sampling 3.3x slower on 2 cores with torch's default threads), so the forwards run
+(half-cheetah sampling was 6.6x slower on 2 cores with torch's default threads;
+docs/performance.md), so the forwards run
 with one torch thread. torch's intra-op thread count belongs to the calling thread (its OpenMP
 backend keeps it per thread: a thread that calls ``torch.set_num_threads(1)`` leaves every
 other thread's count as it was; ``tests/test_sampler.py`` checks it), so whole rollouts (env
@@ -182,8 +183,9 @@ def _timed_out(progress: Progress) -> TimeoutError:
 
 
 def _wait_for_the_stop(future: Future[Any]) -> None:
-    """Wait up to :data:`CANCEL_GRACE_S` for a cancelled rollout to end (at its next step);
-    a second interruption meanwhile ends the wait, as does the deadline."""
+    """Wait up to :data:`CANCEL_GRACE_S` for a cancelled rollout to end (at its next step); a
+    second KeyboardInterrupt meanwhile ends the wait (``maml-rl train`` defers later signals
+    during its stop, so there the wait runs to the stop or the bound)."""
     try:
         future.exception(timeout=CANCEL_GRACE_S)
     except (FutureTimeout, KeyboardInterrupt):

@@ -7,8 +7,8 @@ Measured, in one run so that the ratios share the machine's load:
       Gymnasium's ``SyncVectorEnv`` of single envs (the generic fallback);
   (b) the batched env over ``--workers`` worker processes (``num_workers``), Gymnasium's
       ``AsyncVectorEnv`` (one process per sub-env), and ``--workers`` Ray actors each stepping
-      an in-process batched env of its share of the sub-envs (what ``sampler=ray`` does per
-      shard), stepped in parallel and waited for at every step (``--skip-ray`` to skip);
+      an in-process batched env of its share of the sub-envs for all the steps in one call (as
+      ``sampler=ray`` samples a shard), waited for once (``--skip-ray`` to skip);
   (c) raw physics: ``mj_step`` x frame_skip on the same model, one env, no Python around it.
 
     python scripts/benchmark_metaworld.py --task push-v3 --num-envs 20 --steps 100 --workers 2
