@@ -155,7 +155,9 @@ def on_rollout_thread(work: Callable[[Progress], R]) -> R:
             left = progress.last + STEP_DEADLINE_S - time.monotonic()
             try:
                 return future.result(timeout=max(left, 0.0))
-            except FutureTimeout:
+            except FutureTimeout:  # (the builtin TimeoutError, which the work may raise too)
+                if future.done():
+                    return future.result()  # the work's own result or exception
                 if time.monotonic() - progress.last >= STEP_DEADLINE_S:
                     raise _timed_out(progress) from None
     except TimeoutError:

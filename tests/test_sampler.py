@@ -325,3 +325,20 @@ def test_an_interrupted_caller_waits_for_its_rollout_to_stop(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         rollout_thread.on_rollout_thread(long_rollout)
     assert state == ["stopped"]
+
+
+def test_a_timeout_error_raised_inside_a_rollout_reaches_the_caller_at_once():
+    """An env's own TimeoutError (futures' timeout is the same class) is the rollout's error,
+    not a missed deadline: it reaches the caller as raised, without waiting for the deadline."""
+    import time
+
+    import maml_rl.rollout_thread as rollout_thread
+
+    def times_out(progress):
+        progress.tick()
+        raise TimeoutError("the env's own timeout")
+
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match="the env's own timeout"):
+        rollout_thread.on_rollout_thread(times_out)
+    assert time.perf_counter() - start < 1.0
