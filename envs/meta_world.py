@@ -92,9 +92,32 @@ def reset_mocap_welds(self: Any) -> None:
                 model.eq_data[i] = row
 
 
+def pad_contact_force(data: mujoco.MjData, pad_geom: int, object_geom: int) -> float:
+    """``efc_force[efc_address]`` (the force of the contact's first constraint row) summed over
+    the contacts between geoms ``pad_geom`` and ``object_geom``, added in contact order from 0
+    as Meta-World adds them (``SawyerXYZEnv.touching_object``), the contacts selected from the
+    contact arrays rather than one Python object per contact."""
+    contact = data.contact
+    geom1, geom2 = contact.geom1, contact.geom2
+    pair = ((geom1 == pad_geom) | (geom2 == pad_geom)) & (
+        (geom1 == object_geom) | (geom2 == object_geom)
+    )
+    return sum(data.efc_force[contact.efc_address[pair]].tolist())
+
+
+def touching_object(self: Any, object_geom_id: int) -> bool:
+    """``SawyerXYZEnv.touching_object``, the same value computed from the contact arrays
+    (Meta-World walks ``data.contact`` in Python, a quarter of a pick-place step): both pads
+    press on the object, i.e. each pad's summed contact force with it is positive."""
+    left = pad_contact_force(self.data, self.data.geom("leftpad_geom").id, object_geom_id)
+    right = pad_contact_force(self.data, self.data.geom("rightpad_geom").id, object_geom_id)
+    return 0 < left and 0 < right
+
+
 @functools.cache
 def welded_class(task_name: str) -> type:
-    """Meta-World's env class of ``task_name`` (e.g. ``push-v3``) with the weld fix; same
+    """Meta-World's env class of ``task_name`` (e.g. ``push-v3``) with the weld fix and the
+    array form of ``touching_object`` (:func:`touching_object`, the same values); same
     ``__name__`` (Meta-World names its tasks by class name)."""
     if task_name not in ALL_V3_ENVIRONMENTS:
         raise ValueError(f"unknown Meta-World task {task_name!r}; the v3 tasks: {TASK_NAMES}")
@@ -103,7 +126,12 @@ def welded_class(task_name: str) -> type:
     cls = type(
         base.__name__,
         (base,),
-        {"reset_mocap_welds": reset_mocap_welds, "__qualname__": qualname, "__module__": __name__},
+        {
+            "reset_mocap_welds": reset_mocap_welds,
+            "touching_object": touching_object,
+            "__qualname__": qualname,
+            "__module__": __name__,
+        },
     )
     globals()[qualname] = cls  # picklable by reference (metaworld pickles task data with it)
     return cls

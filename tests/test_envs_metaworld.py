@@ -83,6 +83,39 @@ def test_expert_policies_succeed(task_name):
     env.close()
 
 
+@pytest.mark.parametrize("task_name", ["pick-place-v3", "sweep-into-v3"])
+def test_touching_object_equals_meta_worlds_along_an_expert_episode(task_name):
+    """The array form of ``touching_object`` returns Meta-World's value at every step of an
+    expert episode (grasps included: both values occur), and the episode's observations,
+    rewards and infos equal those of the env with Meta-World's own method, bit for bit."""
+    from metaworld.policies import ENV_POLICY_MAP
+    from metaworld.sawyer_xyz_env import SawyerXYZEnv
+
+    goal = meta_world.benchmark_split("ML1", task_name, 0)[0][task_name][0]
+    fast = make_sawyer(task_name)
+    own = type("Own", (type(fast),), {"touching_object": SawyerXYZEnv.touching_object})()
+    episodes, seen = [], set()
+    for env in (fast, own):
+        policy = ENV_POLICY_MAP[task_name]()
+        env.set_task(goal_observable_task(goal))
+        obs, _ = env.reset()
+        steps = []
+        for _ in range(300):
+            obs, reward, _, _, info = env.step(policy.get_action(obs))
+            steps.append((obs.copy(), reward, info))
+            if env is fast:
+                main = env._get_id_main_object()
+                value = meta_world.touching_object(env, main)
+                assert value == SawyerXYZEnv.touching_object(env, main)
+                seen.add(value)
+        episodes.append(steps)
+        env.close()
+    assert seen == {True, False}
+    for (obs_a, reward_a, info_a), (obs_b, reward_b, info_b) in zip(*episodes, strict=True):
+        np.testing.assert_array_equal(obs_a, obs_b)
+        assert reward_a == reward_b and info_a == info_b
+
+
 def test_ml1_goals_are_metaworlds(monkeypatch):
     """Our ML1 split equals metaworld.ML1's (the weld fix patched in for this test only: its
     own classes cannot be built on MuJoCo >= 3.17)."""
