@@ -2,7 +2,8 @@
 
 Runs, with fixed seeds, a few-iteration training run of each outer optimiser and inner
 objective (MAML-TRPO with both curvature products, first order, pretrained, DiCE, LVC, ProMP,
-MAML-PPO, Meta-SGD with TRPO and PPO, a discrete-action family), a run resumed from its
+MAML-PPO, Meta-SGD with TRPO and PPO, a discrete-action family, the exact cheetah and ant,
+Meta-World's ML1 push when ``metaworld`` is installed), a run resumed from its
 checkpoint, and the API's ``adapt`` and ``maml-rl evaluate`` on one of them; then writes one
 JSON file of SHA-256 digests: every tensor and number in each checkpoint (wall times
 excluded), each ``progress.csv`` without its time columns, the adapted parameters and the
@@ -75,6 +76,18 @@ CASES: dict[str, dict[str, Any]] = {
         "num_iterations": 1,
     },
 }
+try:  # Meta-World's family (the weld fix, the contact walk in array form) when installed
+    import metaworld  # noqa: F401
+
+    CASES["metaworld_push"] = {
+        "env_id": "MAML/MetaWorld-ML1-push-v0",
+        "meta_batch_size": 2,
+        "episodes_per_task": 2,
+        "max_episode_steps": 30,
+        "num_iterations": 1,
+    }
+except ImportError:
+    pass
 
 
 def digest(value: Any) -> str:
